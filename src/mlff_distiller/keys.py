@@ -1,0 +1,36 @@
+"""Property names used everywhere: batches, model outputs, HDF5 datasets, calculators.
+
+One module so that no string literal for a property is spelled two ways.
+"""
+
+# structure
+ATOMIC_NUMBERS = "atomic_numbers"
+POSITIONS = "positions"
+CELL = "cell"
+PBC = "pbc"
+N_ATOMS = "n_atoms"
+SYSTEM_IDX = "system_idx"
+MASSES = "masses"
+VELOCITIES = "velocities"
+MOLECULE_ID = "molecule_id"
+NAME = "name"
+SMILES = "smiles"
+
+# labels / outputs
+ENERGY = "energy"
+FREE_ENERGY = "free_energy"
+FORCES = "forces"
+STRESS = "stress"
+
+# trajectories
+TIME = "time"
+KINETIC_ENERGY = "kinetic_energy"
+POTENTIAL_ENERGY = "potential_energy"
+TEMPERATURE = "temperature"
+
+# graph
+EDGE_INDEX = "edge_index"
+EDGE_VECTORS = "edge_vectors"
+EDGE_SHIFTS = "edge_shifts"
+
+LABEL_KEYS = (ENERGY, FORCES, STRESS)
