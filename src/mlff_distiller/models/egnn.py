@@ -129,9 +129,7 @@ class EGNNJump(nn.Module):
         self.config = config or EGNNConfig()
         c = self.config
         n_in_vec = 2 if c.use_forces else 1
-        self.register_buffer(
-            "element_index", _element_lookup(c.elements), persistent=False
-        )
+        self.register_buffer("element_index", _element_lookup(c.elements), persistent=False)
         self.embed = nn.Linear(len(c.elements) + 4, c.hidden)
         self.vec_in = nn.Linear(n_in_vec, c.n_vectors, bias=False)
         self.layers = nn.ModuleList(
@@ -163,7 +161,9 @@ class EGNNJump(nn.Module):
         rel = inp.positions[receivers] - inp.positions[senders]
         r = rel.norm(dim=-1)
         unit = rel / (r + 1.0)[:, None]
-        edge_scalars = torch.cat([gaussian_rbf(r, c.cutoff, c.n_rbf), (r / c.cutoff)[:, None] ** 2], -1)
+        edge_scalars = torch.cat(
+            [gaussian_rbf(r, c.cutoff, c.n_rbf), (r / c.cutoff)[:, None] ** 2], -1
+        )
         degree = torch.zeros(inp.positions.shape[0], dtype=r.dtype, device=r.device)
         degree = degree.index_add_(0, receivers, torch.ones_like(r))
         return {

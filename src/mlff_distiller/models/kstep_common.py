@@ -132,9 +132,7 @@ def scalar_inputs(inp: KStepInput, tau_scale: float) -> torch.Tensor:
     tau = (inp.k.to(inp.positions.dtype) * inp.dt)[inp.system_idx]
     kk = inp.k.to(inp.positions.dtype)[inp.system_idx]
     speed = inp.velocities.norm(dim=-1) * tau
-    return torch.stack(
-        [torch.log(inp.masses), tau / tau_scale, kk / 10.0, speed], dim=-1
-    )
+    return torch.stack([torch.log(inp.masses), tau / tau_scale, kk / 10.0, speed], dim=-1)
 
 
 def time_span(inp: KStepInput) -> torch.Tensor:
