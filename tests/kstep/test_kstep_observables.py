@@ -42,16 +42,17 @@ def test_bond_rmse_by_hand():
 
 
 def test_rdf_of_a_triangle_and_difference():
-    # equilateral triangle of side 1 and a 1-1-2 line: distances {1,1,1} vs {1,1,2}
+    # triangle vs line: distances {1.05 x3} vs {1.05, 1.05, 2.1}
     tri = np.array([[[0, 0, 0], [1, 0, 0], [0.5, np.sqrt(3) / 2, 0]]], dtype=float)
     line = np.array([[[0, 0, 0], [1, 0, 0], [2, 0, 0]]], dtype=float)
-    ra = distance_rdf(tri, r_max=4.0, n_bins=40)  # 0.1 Å bins; 1.0 lands in bin [1.0, 1.1)
+    tri, line = 1.05 * tri, 1.05 * line  # distances at bin centres, away from bin edges
+    ra = distance_rdf(tri, r_max=4.0, n_bins=40)  # 0.1 Å bins
     rb = distance_rdf(line, r_max=4.0, n_bins=40)
     width = 0.1
     assert ra.density.sum() * width == pytest.approx(1.0)
     assert ra.density[10] * width == pytest.approx(1.0)
     assert rb.density[10] * width == pytest.approx(2 / 3)
-    assert rb.density[20] * width == pytest.approx(1 / 3)
+    assert rb.density[21] * width == pytest.approx(1 / 3)
     assert rdf_difference(ra, rb) == pytest.approx(1 / 3)
     assert rdf_difference(ra, ra) == 0.0
 
