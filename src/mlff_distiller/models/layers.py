@@ -1,0 +1,86 @@
+"""Small building blocks of the PaiNN student, each with its derivative written out.
+
+The analytical force path (:mod:`mlff_distiller.models.analytic_forces`) needs d/dx of every
+position-dependent function, so each function here comes with its derivative next to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def silu_backward(pre_activation: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """Gradient through ``SiLU(h) = h * sigmoid(h)``: ``grad * sig(h) * (1 + h * (1 - sig(h)))``.
+
+    Both arguments have the same shape; returns the gradient with respect to ``h``.
+    """
+    sig = torch.sigmoid(pre_activation)
+    # sig * (1 + h * (1 - sig)) = sig + h * sig - h * sig^2 = sig + h*sig*(1 - sig)
+    hs = pre_activation * sig
+    return grad_output * torch.addcmul(sig, hs, 1.0 - sig)
+
+
+class CosineCutoff(nn.Module):
+    """``f(d) = 0.5 * (cos(pi d / r_c) + 1)`` for ``d < r_c``, else 0; (n_edges,) -> (n_edges,)."""
+
+    def __init__(self, cutoff: float):
+        super().__init__()
+        self.cutoff = float(cutoff)
+
+    def forward(self, distances: torch.Tensor) -> torch.Tensor:
+        inside = (distances < self.cutoff).to(distances.dtype)
+        return 0.5 * (torch.cos(distances * (math.pi / self.cutoff)) + 1.0) * inside
+
+    def derivative(self, distances: torch.Tensor) -> torch.Tensor:
+        """``df/dd = -0.5 * pi / r_c * sin(pi d / r_c)`` inside the cutoff, 0 outside."""
+        inside = (distances < self.cutoff).to(distances.dtype)
+        k = math.pi / self.cutoff
+        return (-0.5 * k) * torch.sin(distances * k) * inside
+
+
+class RadialBasis(nn.Module):
+    """Expand distances (n_edges,) into (n_edges, n_rbf) features.
+
+    ``kind="sinc"``: ``sin(n pi d / r_c) / d`` for n = 1..n_rbf (PaiNN's choice).
+    ``kind="gaussian"``: ``exp(-gamma (d - mu_n)^2)`` with centres evenly spaced on [0, r_c].
+    """
+
+    def __init__(self, n_rbf: int, cutoff: float, kind: str = "sinc"):
+        super().__init__()
+        if kind not in ("sinc", "gaussian"):
+            raise ValueError(f"radial basis kind must be 'sinc' or 'gaussian', got {kind!r}")
+        self.kind = kind
+        self.n_rbf = n_rbf
+        if kind == "sinc":
+            freq = torch.arange(1, n_rbf + 1, dtype=torch.float64) * math.pi / cutoff
+            self.register_buffer("freq", freq, persistent=False)
+        else:
+            centres = torch.linspace(0.0, cutoff, n_rbf, dtype=torch.float64)
+            width = cutoff / max(n_rbf - 1, 1)
+            self.register_buffer("centres", centres, persistent=False)
+            self.gamma = 0.5 / width**2
+
+    def forward(self, distances: torch.Tensor) -> torch.Tensor:
+        return self.value_and_derivative(distances, derivative=False)[0]
+
+    def value_and_derivative(
+        self, distances: torch.Tensor, derivative: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Values (n_edges, n_rbf) and, if asked, d/dd of them (n_edges, n_rbf)."""
+        d = distances[:, None]
+        if self.kind == "sinc":
+            arg = d * self.freq.to(distances.dtype)
+            values = torch.sin(arg) / d
+            if not derivative:
+                return values, None
+            # d/dd [sin(k d) / d] = (k cos(k d) - sin(k d) / d) / d
+            deriv = (self.freq.to(distances.dtype) * torch.cos(arg) - values) / d
+            return values, deriv
+        diff = d - self.centres.to(distances.dtype)
+        values = torch.exp(-self.gamma * diff.square())
+        if not derivative:
+            return values, None
+        return values, (-2.0 * self.gamma) * diff * values

@@ -1,0 +1,312 @@
+"""PaiNN student (Schütt, Unke, Gastegger 2021) predicting energy per structure.
+
+Shapes: ``n`` atoms, ``e`` edges, ``F = hidden``, ``T = n_interactions``. Scalars ``s`` are
+(n, F); vectors ``v`` are (n, 3, F). Edge convention from :mod:`mlff_distiller.data.neighbors`:
+receiver ``i = edge_index[0]``, sender ``j = edge_index[1]``, ``r_ij = pos[j] - pos[i] + shift``.
+
+Forces come two ways, each in one place:
+
+- :func:`forces_autograd` (``-dE/dpos`` by autograd; differentiable for force training),
+- :func:`mlff_distiller.models.analytic_forces.analytic_forces` (hand-derived backward, no
+  autograd, run under ``torch.inference_mode``).
+
+``PaiNN.energy_and_forces(batch, method=...)`` is the single entry point that picks one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mlff_distiller import keys
+from mlff_distiller.data.batch import AtomsBatch
+from mlff_distiller.data.neighbors import edge_vectors, neighbor_list
+from mlff_distiller.models.layers import CosineCutoff, RadialBasis
+
+ForceMethod = Literal["analytical", "autograd"]
+
+
+@dataclass
+class PaiNNConfig:
+    """Architecture of a :class:`PaiNN` (all fields are saved in ``config.json``)."""
+
+    hidden: int = 128
+    n_interactions: int = 3
+    n_rbf: int = 20
+    cutoff: float = 5.0
+    max_z: int = 118
+    shared_filters: bool = False
+    rbf: str = "sinc"  # "sinc" | "gaussian"
+    readout_hidden: int | None = None  # default hidden // 2
+    norm_eps: float = 1e-8  # ||V v|| = sqrt(sum_k (V v)_k^2 + eps), smooth at v = 0
+    neighbor_method: str = "auto"  # see mlff_distiller.data.neighbors.neighbor_list
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.n_interactions < 1 or self.n_rbf < 1:
+            raise ValueError(f"hidden, n_interactions and n_rbf must be >= 1: {self}")
+        if not self.cutoff > 0:
+            raise ValueError(f"cutoff must be positive, got {self.cutoff}")
+        if self.rbf not in ("sinc", "gaussian"):
+            raise ValueError(f"rbf must be 'sinc' or 'gaussian', got {self.rbf!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PaiNNConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown PaiNNConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+
+class MessageBlock(nn.Module):
+    """``phi(s_j) * W(r_ij)`` split into (scalar, vector-gate, direction) messages."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.phi_in = nn.Linear(hidden, hidden)
+        self.phi_out = nn.Linear(hidden, 3 * hidden)
+
+
+class UpdateBlock(nn.Module):
+    """Mixes vector channels (U, V fused as one (2F, F) map) and gates with an MLP."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.uv = nn.Linear(hidden, 2 * hidden, bias=False)
+        self.mlp_in = nn.Linear(2 * hidden, hidden)
+        self.mlp_out = nn.Linear(hidden, 3 * hidden)
+
+
+@dataclass
+class Intermediates:
+    """What the analytical backward needs from a forward pass (all per-batch tensors)."""
+
+    edge_index: torch.Tensor | None = None  # (2, e)
+    unit: torch.Tensor | None = None  # (e, 3) r_ij / d_ij
+    dist: torch.Tensor | None = None  # (e,)
+    basis_deriv: torch.Tensor | None = None  # (e, n_rbf + 1) d/dd of [f_c * rbf, f_c]
+    filters: torch.Tensor | None = None  # (e, T' * 3F), T' = 1 if shared else T
+    message: list = field(default_factory=list)  # per block: dict of tensors
+    update: list = field(default_factory=list)
+    readout_pre: torch.Tensor | None = None  # (n, F_readout)
+
+
+class PaiNN(nn.Module):
+    """Polarizable atom interaction neural network: energy per structure.
+
+    ``forward(batch)`` returns ``{keys.ENERGY: (n_systems,)}``. Per-atom energy is
+    ``readout(s) * scale + shift + reference_energy[Z]``.
+    """
+
+    architecture = "painn"
+
+    def __init__(self, config: PaiNNConfig | None = None):
+        super().__init__()
+        self.config = config = config or PaiNNConfig()
+        hidden = config.hidden
+        self.embedding = nn.Embedding(config.max_z + 1, hidden)
+        self.radial_basis = RadialBasis(config.n_rbf, config.cutoff, config.rbf)
+        self.cutoff_fn = CosineCutoff(config.cutoff)
+        n_filters = 1 if config.shared_filters else config.n_interactions
+        # Fused filter network for all blocks: columns [rbf (n_rbf), bias (1)] (see forward).
+        bound = 1.0 / math.sqrt(config.n_rbf)
+        self.filter_weight = nn.Parameter(
+            torch.empty(n_filters * 3 * hidden, config.n_rbf + 1).uniform_(-bound, bound)
+        )
+        self.messages = nn.ModuleList(MessageBlock(hidden) for _ in range(config.n_interactions))
+        self.updates = nn.ModuleList(UpdateBlock(hidden) for _ in range(config.n_interactions))
+        readout_hidden = config.readout_hidden or max(hidden // 2, 1)
+        self.readout_in = nn.Linear(hidden, readout_hidden)
+        self.readout_out = nn.Linear(readout_hidden, 1)
+        self.register_buffer("reference_energies", torch.zeros(config.max_z + 1))
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("shift", torch.zeros(()))
+        # Elements seen in training (all allowed until set_reference_energies says otherwise).
+        known = torch.ones(config.max_z + 1, dtype=torch.bool)
+        known[0] = False
+        self.register_buffer("known_elements", known)
+
+    # ------------------------------------------------------------------ set-up helpers
+    def set_reference_energies(
+        self, energies: torch.Tensor, elements: list[int] | None = None
+    ) -> None:
+        """Per-element energies (max_z + 1,) eV; ``elements`` restricts the known elements."""
+        energies = torch.as_tensor(energies, dtype=self.reference_energies.dtype)
+        if energies.shape != self.reference_energies.shape:
+            raise ValueError(
+                f"reference energies must have shape {tuple(self.reference_energies.shape)}, "
+                f"got {tuple(energies.shape)}"
+            )
+        self.reference_energies.copy_(energies)
+        if elements is not None:
+            mask = torch.zeros_like(self.known_elements)
+            mask[torch.as_tensor(list(elements), dtype=torch.long)] = True
+            self.known_elements.copy_(mask)
+
+    def set_scale_shift(self, scale: float, shift: float) -> None:
+        """Per-atom energy ``readout * scale + shift`` (eV)."""
+        self.scale.fill_(float(scale))
+        self.shift.fill_(float(shift))
+
+    @property
+    def elements(self) -> list[int]:
+        """Atomic numbers the model was trained on (1..max_z if never restricted)."""
+        return torch.nonzero(self.known_elements).flatten().tolist()
+
+    @property
+    def elements_restricted(self) -> bool:
+        """True once :meth:`set_reference_energies` named the trained elements."""
+        return not bool(self.known_elements[1:].all())
+
+    # ------------------------------------------------------------------ forward
+    def neighbors(self, batch: AtomsBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edge_index (2, e), shifts (e, 3)) within the model's cutoff."""
+        return neighbor_list(batch, self.config.cutoff, self.config.neighbor_method)
+
+    def forward(
+        self,
+        batch: AtomsBatch,
+        edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+        intermediates: Intermediates | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Energy per structure ``{keys.ENERGY: (n_systems,)}``.
+
+        ``edges``: precomputed ``neighbor_list`` output (else built here). ``intermediates``:
+        an empty :class:`Intermediates` to fill for the analytical backward.
+        """
+        energy = self._energy(batch, edges, intermediates)
+        return {keys.ENERGY: energy}
+
+    def _energy(
+        self,
+        batch: AtomsBatch,
+        edges: tuple[torch.Tensor, torch.Tensor] | None,
+        keep: Intermediates | None,
+    ) -> torch.Tensor:
+        cfg = self.config
+        hidden = cfg.hidden
+        z = batch.atomic_numbers
+        if edges is None:
+            edges = self.neighbors(batch)
+        edge_index, shifts = edges
+        i, j = edge_index[0], edge_index[1]
+        n_atoms = z.shape[0]
+        pos = batch.positions
+
+        vec = edge_vectors(pos, edge_index, shifts.to(pos.dtype))  # (e, 3)
+        dist = torch.linalg.vector_norm(vec, dim=-1)  # (e,)
+        unit = vec / dist[:, None]
+        rbf, rbf_deriv = self.radial_basis.value_and_derivative(dist, derivative=keep is not None)
+        fcut = self.cutoff_fn(dist)
+        # basis = [f_c * rbf, f_c] so that basis @ W^T = (rbf @ W_rbf^T + b) * f_c in one matmul
+        basis = torch.cat([rbf, torch.ones_like(dist)[:, None]], dim=1) * fcut[:, None]
+        filters = basis @ self.filter_weight.t()  # (e, T' * 3F)
+        if keep is not None:
+            dfcut = self.cutoff_fn.derivative(dist)[:, None]
+            deriv = torch.cat([rbf_deriv, torch.zeros_like(dist)[:, None]], dim=1)
+            ones_rbf = torch.cat([rbf, torch.ones_like(dist)[:, None]], dim=1)
+            keep.basis_deriv = deriv * fcut[:, None] + ones_rbf * dfcut
+            keep.edge_index, keep.unit, keep.dist, keep.filters = edge_index, unit, dist, filters
+
+        s = self.embedding(z)  # (n, F)
+        v = None  # (n, 3, F); zero before the first message, kept as None to skip work
+        for t in range(cfg.n_interactions):
+            block = self.messages[t]
+            w = filters if cfg.shared_filters else filters[:, 3 * hidden * t : 3 * hidden * (t + 1)]
+            h = block.phi_in(s)
+            phi = block.phi_out(F.silu(h))  # (n, 3F)
+            phi_j = phi[j]
+            x = phi_j * w  # (e, 3F)
+            x_s, x_vv, x_vs = torch.split(x, hidden, dim=1)
+            dv_edge = x_vs[:, None, :] * unit[:, :, None]  # (e, 3, F)
+            if v is not None:
+                v_j = v[j]
+                dv_edge = dv_edge + x_vv[:, None, :] * v_j
+            ds = torch.zeros_like(s).index_add(0, i, x_s)
+            dv = torch.zeros(n_atoms, 3, hidden, dtype=s.dtype, device=s.device).index_add(
+                0, i, dv_edge
+            )
+            if keep is not None:
+                keep.message.append(
+                    {"pre": h, "phi_j": phi_j, "x": x, "v_j": None if v is None else v_j}
+                )
+            s = s + ds
+            v = dv if v is None else v + dv
+
+            upd = self.updates[t]
+            uv = upd.uv(v)  # (n, 3, 2F)
+            u_v, v_v = uv[..., :hidden], uv[..., hidden:]
+            norm = torch.sqrt(v_v.square().sum(1) + cfg.norm_eps)  # (n, F)
+            h = upd.mlp_in(torch.cat([s, norm], dim=1))
+            a = upd.mlp_out(F.silu(h))  # (n, 3F)
+            a_vv, a_sv, a_ss = torch.split(a, hidden, dim=1)
+            dot = (u_v * v_v).sum(1)  # (n, F)
+            if keep is not None:
+                keep.update.append({"uv": uv, "norm": norm, "pre": h, "a": a, "dot": dot})
+            s = s + a_ss + a_sv * dot
+            v = v + a_vv[:, None, :] * u_v
+
+        h = self.readout_in(s)
+        if keep is not None:
+            keep.readout_pre = h
+        atom_energy = self.readout_out(F.silu(h)).squeeze(-1) * self.scale + self.shift
+        atom_energy = atom_energy + self.reference_energies.to(pos.dtype)[z]
+        n_systems = batch.n_systems
+        return torch.zeros(n_systems, dtype=pos.dtype, device=pos.device).index_add(
+            0, batch.system_idx, atom_energy
+        )
+
+    # ------------------------------------------------------------------ forces
+    def energy_and_forces(
+        self,
+        batch: AtomsBatch,
+        method: ForceMethod = "analytical",
+        create_graph: bool = False,
+        edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``{ENERGY: (n_systems,), FORCES: (n_atoms, 3)}``.
+
+        ``method="analytical"``: hand-derived backward under ``torch.inference_mode`` (no
+        gradients to parameters; for MD and evaluation). ``method="autograd"``: ``-dE/dpos`` by
+        autograd; ``create_graph=True`` keeps the graph for force-matching losses.
+        """
+        if method == "analytical":
+            from mlff_distiller.models.analytic_forces import analytic_energy_and_forces
+
+            return analytic_energy_and_forces(self, batch, edges)
+        if method == "autograd":
+            return forces_autograd(self, batch, create_graph=create_graph, edges=edges)
+        raise ValueError(f"force method must be 'analytical' or 'autograd', got {method!r}")
+
+
+def forces_autograd(
+    model: nn.Module,
+    batch: AtomsBatch,
+    create_graph: bool = False,
+    edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Energy (n_systems,) and forces ``-dE/dpos`` (n_atoms, 3) by autograd.
+
+    ``create_graph=True`` (training) makes the forces differentiable w.r.t. the parameters.
+    """
+    positions = batch.positions.detach().requires_grad_(True)
+    graph_batch = AtomsBatch(
+        batch.atomic_numbers, positions, batch.system_idx, batch.cell, batch.pbc, batch.labels
+    )
+    with torch.enable_grad():
+        energy = model(graph_batch, edges=edges)[keys.ENERGY]
+        (grad,) = torch.autograd.grad(
+            energy.sum(), positions, create_graph=create_graph, retain_graph=create_graph
+        )
+    if not create_graph:
+        energy = energy.detach()
+    return {keys.ENERGY: energy, keys.FORCES: -grad}
