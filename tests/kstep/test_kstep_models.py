@@ -132,3 +132,16 @@ def test_unknown_element_is_a_clear_error():
     inp = _inputs().to(dtype=torch.float32)
     with pytest.raises(ValueError, match="not in this k-step model's elements"):
         model(inp)
+
+
+@pytest.mark.parametrize("kind", ["egnn", "transformer"])
+def test_save_load_round_trip(kind, tmp_path):
+    from mlff_distiller.models.io import load_model, save_model
+
+    model = _model(kind)
+    save_model(model, tmp_path / kind)
+    loaded = load_model(tmp_path / kind)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    inp = _inputs()
+    for key in OUTPUTS:
+        torch.testing.assert_close(loaded(inp)[key], model(inp)[key])

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mlff_distiller import keys
+from mlff_distiller.models.io import register_architecture
 from mlff_distiller.models.kstep_common import (
     DELTA_POSITIONS,
     DELTA_VELOCITIES,
@@ -57,6 +58,15 @@ class EGNNConfig:
     force_head: bool = False
     force_scale: float = 1.0  # eV/Å
     elements: tuple[int, ...] = field(default_factory=lambda: DEFAULT_ELEMENTS)
+
+    def __post_init__(self) -> None:
+        self.elements = tuple(int(z) for z in self.elements)
+        for name in ("hidden", "n_layers", "n_vectors", "n_rbf"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EGNN config: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cutoff", "max_delta_x", "max_delta_v", "tau_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"EGNN config: {name} must be > 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -122,7 +132,7 @@ class EGNNJump(nn.Module):
     """EGNN k-step jump network: ``forward(KStepInput) -> {delta_positions, delta_velocities[,
     forces]}`` with (n_atoms, 3) tensors in Å, Å/fs (and eV/Å)."""
 
-    architecture = "kstep-egnn"
+    architecture = "egnn"
 
     def __init__(self, config: EGNNConfig | None = None):
         super().__init__()
@@ -211,3 +221,6 @@ def _element_lookup(elements: tuple[int, ...]) -> torch.Tensor:
     for i, z in enumerate(elements):
         table[z] = i
     return table
+
+
+register_architecture(EGNNJump.architecture, EGNNConfig, EGNNJump)

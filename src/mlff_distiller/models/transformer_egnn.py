@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mlff_distiller.models.egnn import EGNNConfig, EGNNJump
+from mlff_distiller.models.io import register_architecture
 from mlff_distiller.models.kstep_common import KStepInput
 
 
@@ -63,7 +64,7 @@ class AttentionBlock(nn.Module):
 class TransformerEGNNJump(EGNNJump):
     """EGNN jump network with attention blocks; same inputs and outputs as :class:`EGNNJump`."""
 
-    architecture = "kstep-transformer-egnn"
+    architecture = "transformer_egnn"
 
     def __init__(self, config: TransformerEGNNConfig | None = None):
         config = config or TransformerEGNNConfig()
@@ -84,3 +85,6 @@ class TransformerEGNNJump(EGNNJump):
         h, vec = self.layers[index](h, vec, **graph)
         same = inp.system_idx[:, None] == inp.system_idx[None, :]
         return self.attention[index](h, same), vec
+
+
+register_architecture(TransformerEGNNJump.architecture, TransformerEGNNConfig, TransformerEGNNJump)
