@@ -106,7 +106,9 @@ class Dataset:
             self._h5 = None
 
     def __repr__(self) -> str:
-        return f"Dataset({str(self.path)!r}, n_structures={len(self)}, n_atoms={self.n_atoms_total})"
+        return (
+            f"Dataset({str(self.path)!r}, n_structures={len(self)}, n_atoms={self.n_atoms_total})"
+        )
 
     @property
     def attrs(self) -> dict:
@@ -344,9 +346,7 @@ class TorchDataset(torch.utils.data.Dataset):
 def collate(items: Sequence[dict], dtype: torch.dtype = torch.float32) -> AtomsBatch:
     """Collate ``get_arrays`` dicts into an :class:`AtomsBatch` (labels: energy, forces,
     stress when every item has them)."""
-    labels = {
-        k: [it[k] for it in items] for k in LABEL_FIELDS if all(k in it for it in items)
-    }
+    labels = {k: [it[k] for it in items] for k in LABEL_FIELDS if all(k in it for it in items)}
     return AtomsBatch.from_arrays(
         [it[keys.ATOMIC_NUMBERS] for it in items],
         [it[keys.POSITIONS] for it in items],

@@ -26,7 +26,6 @@ from mlff_distiller.data.schema import (
     MOLECULES,
     N_ATOMS_TOTAL_ATTR,
     N_STRUCTURES_ATTR,
-    STRUCTURES,
     DatasetError,
     committed_counts,
     decode_attr,

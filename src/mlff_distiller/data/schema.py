@@ -224,7 +224,9 @@ def validate(path: str | Path, check_values: bool = True) -> dict:
         n_atoms = np.asarray(n_atoms_ds[:s], dtype=np.int64)
         if s and n_atoms.min() < 1:
             bad = int(np.flatnonzero(n_atoms < 1)[0])
-            raise DatasetError(f"{path}: '{STRUCTURES}/n_atoms' of structure {bad} is {n_atoms[bad]}")
+            raise DatasetError(
+                f"{path}: '{STRUCTURES}/n_atoms' of structure {bad} is {n_atoms[bad]}"
+            )
         n_total = int(n_atoms.sum())
         present = []
         for f in FIELDS.values():
