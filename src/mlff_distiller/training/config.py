@@ -32,7 +32,7 @@ class TrainConfig:
     train_size: float = 0.9
     val_size: float = 0.1
     # model (PaiNN)
-    hidden_size: int = 128
+    hidden: int = 128
     n_interactions: int = 3
     n_rbf: int = 20
     cutoff: float = 5.0

@@ -1,0 +1,162 @@
+"""The Lightning module of distillation: loss, optimiser, schedule, EMA and validation metrics.
+
+Training differentiates the force loss through the autograd forces (``create_graph=True``);
+validation runs the EMA copy of the weights and reports, over the whole validation split and
+all DDP ranks: energy MAE (meV/atom), force MAE and RMSE (meV/Å).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from mlff_distiller import keys
+from mlff_distiller.data.batch import AtomsBatch
+from mlff_distiller.training.config import TrainConfig
+from mlff_distiller.training.ema import ExponentialMovingAverage
+from mlff_distiller.training.losses import distillation_loss
+
+VAL_FORCE_MAE = "val_force_mae"
+"""Name of the logged validation force MAE (meV/Å): early stopping and the best checkpoint."""
+VAL_ENERGY_MAE = "val_energy_mae"
+VAL_FORCE_RMSE = "val_force_rmse"
+
+
+def predict_energy_forces(
+    model: nn.Module, batch: AtomsBatch, create_graph: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energy (n_systems,) and autograd forces (n_atoms, 3) of ``model`` on ``batch``."""
+    out = model.energy_and_forces(batch, method="autograd", create_graph=create_graph)
+    return out[keys.ENERGY], out[keys.FORCES]
+
+
+class DistillationModule(L.LightningModule):
+    """Wraps a student model (e.g. PaiNN) for training on energy and force labels."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.ema = (
+            ExponentialMovingAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+        )
+        self._val_sums: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ models
+    def eval_model(self) -> nn.Module:
+        """The weights validation and export use: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def transfer_batch_to_device(self, batch: AtomsBatch, device, dataloader_idx: int):
+        return batch.to(device)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: AtomsBatch, batch_idx: int) -> torch.Tensor:
+        energy, forces = predict_energy_forces(self.model, batch, create_graph=True)
+        parts = distillation_loss(
+            energy,
+            batch.labels[keys.ENERGY],
+            forces,
+            batch.labels[keys.FORCES],
+            batch.atoms_per_system,
+            self.config.energy_weight,
+            self.config.forces_weight,
+        )
+        n = batch.n_systems
+        self.log("train_loss", parts["loss"], prog_bar=True, batch_size=n, sync_dist=False)
+        self.log(
+            "train_force_rmse",
+            parts["forces_mse"].detach().sqrt() * 1000.0,
+            batch_size=n,
+            on_step=True,
+            on_epoch=True,
+        )
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=n, prog_bar=False)
+        return parts["loss"]
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # warm-up for the plateau schedule (the cosine schedule includes its own warm-up)
+        if self.config.schedule == "plateau" and self.global_step < self.config.warmup_steps:
+            scale = (self.global_step + 1) / self.config.warmup_steps
+            for group in self.optimizers().param_groups:
+                group["lr"] = self.config.lr * scale
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        # sum |dE|/N, n structures, sum |dF|, sum dF^2, n force components
+        self._val_sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: AtomsBatch, batch_idx: int) -> None:
+        model = self.eval_model()
+        with torch.enable_grad():
+            energy, forces = predict_energy_forces(model, batch, create_graph=False)
+        energy, forces = energy.detach().double(), forces.detach().double()
+        de = (energy - batch.labels[keys.ENERGY].double()).abs() / batch.atoms_per_system
+        df = forces - batch.labels[keys.FORCES].double()
+        self._val_sums += torch.stack(
+            [
+                de.sum(),
+                torch.tensor(float(de.numel()), dtype=torch.float64, device=de.device),
+                df.abs().sum(),
+                (df * df).sum(),
+                torch.tensor(float(df.numel()), dtype=torch.float64, device=df.device),
+            ]
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        e_mae = sums[0] / sums[1] * 1000.0
+        f_mae = sums[2] / sums[4] * 1000.0
+        f_rmse = torch.sqrt(sums[3] / sums[4]) * 1000.0
+        self.log(VAL_ENERGY_MAE, e_mae.float(), prog_bar=True)
+        self.log(VAL_FORCE_MAE, f_mae.float(), prog_bar=True)
+        self.log(VAL_FORCE_RMSE, f_rmse.float())
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        cfg = self.config
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        if cfg.schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {
+                    "scheduler": scheduler,
+                    "monitor": VAL_FORCE_MAE,
+                    "interval": "epoch",
+                    "frequency": cfg.val_every_n_epochs,
+                },
+            }
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        lam = warmup_cosine(cfg.warmup_steps, total, cfg.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+class warmup_cosine:  # noqa: N801 (a picklable function object)
+    """LR factor at step t: linear warm-up over ``warmup`` steps, then a cosine from 1 down to
+    ``min_ratio`` at step ``total``."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float):
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        span = max(self.total - self.warmup, 1)
+        progress = min((step - self.warmup) / span, 1.0)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,270 @@
+"""``train(config) -> TrainResult``: one distillation run on Lightning, crash-safe and resumable.
+
+Output directory layout (``config.out``)::
+
+    config.yaml              the full config of the run
+    checkpoints/last.ckpt    written atomically after every validation (``--resume`` reads it)
+    checkpoints/best.ckpt    lowest validation force MAE so far
+    logs/version_k/          CSV metrics;  tb/version_k/  TensorBoard events
+    model/                   the exported student: model.safetensors + config.json (EMA
+                             weights of the best checkpoint; load with models.io.load_model)
+    result.json              the final numbers
+
+Lightning checkpoints hold only tensors and plain Python values and are read back with
+``torch.load(weights_only=True)``; the model file users get is safetensors + JSON, never a pickle.
+Under ``torchrun`` the run is data-parallel (DDP; gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy
+
+from mlff_distiller.models.io import save_model
+from mlff_distiller.models.painn import PaiNN, PaiNNConfig
+from mlff_distiller.training.config import TrainConfig
+from mlff_distiller.training.datamodule import HDF5DataModule
+from mlff_distiller.training.module import (
+    VAL_ENERGY_MAE,
+    VAL_FORCE_MAE,
+    VAL_FORCE_RMSE,
+    DistillationModule,
+)
+
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced. MAEs in meV/Å (forces) and meV/atom (energy)."""
+
+    out_dir: str
+    model_path: str
+    best_checkpoint: str
+    best_val_force_mae: float
+    val_energy_mae: float
+    val_force_mae: float
+    val_force_rmse: float
+    epochs: int
+    global_step: int
+    stopped_by: str
+    wall_s: float
+    n_train: int
+    n_val: int
+    world_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes checkpoints to a temporary file and renames it into place (a ``kill -9`` never
+    leaves a half-written ``last.ckpt``), and reads them with ``weights_only=True``."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint(path, map_location)
+
+    def remove_checkpoint(self, path) -> None:
+        fs = get_filesystem(path)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def load_checkpoint(path: str | Path, map_location=None) -> dict:
+    """Read a training checkpoint without unpickling code (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' not found")
+    return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def _accelerator(config: TrainConfig) -> str:
+    if config.accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if config.accelerator == "gpu" and not torch.cuda.is_available():
+        raise ValueError("accelerator 'gpu' asked for but no CUDA device is visible; use 'cpu'")
+    return config.accelerator
+
+
+def _precision(config: TrainConfig, accelerator: str) -> str:
+    if config.precision in ("bf16-mixed", "16-mixed") and accelerator != "gpu":
+        raise ValueError(
+            f"precision '{config.precision}' needs a GPU; on the CPU use '32-true' or '64-true'"
+        )
+    return config.precision
+
+
+def _dtype(precision: str) -> torch.dtype:
+    return torch.float64 if precision == "64-true" else torch.float32
+
+
+def _distributed(accelerator: str) -> tuple[object, int, int]:
+    """(strategy, devices per node, nodes): DDP when launched by torchrun, else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return "auto", 1, 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    backend = "nccl" if accelerator == "gpu" else "gloo"
+    return DDPStrategy(process_group_backend=backend), local, max(world // local, 1)
+
+
+def build_model(config: TrainConfig) -> PaiNN:
+    """A fresh PaiNN with the architecture fields of ``config``."""
+    return PaiNN(
+        PaiNNConfig(
+            hidden=config.hidden,
+            n_interactions=config.n_interactions,
+            n_rbf=config.n_rbf,
+            cutoff=config.cutoff,
+        )
+    )
+
+
+def _progress_bar(config: TrainConfig) -> list:
+    if not config.progress_bar:
+        return []
+    if sys.stdout.isatty():
+        return [RichProgressBar(leave=True)]
+    return [TQDMProgressBar(refresh_rate=20)]
+
+
+def build_trainer(config: TrainConfig) -> L.Trainer:
+    """The Lightning ``Trainer`` of a run: checkpoints, early stopping, loggers, DDP."""
+    out = config.out_dir
+    accelerator = _accelerator(config)
+    precision = _precision(config, accelerator)
+    strategy, devices, nodes = _distributed(accelerator)
+    checkpoint = ModelCheckpoint(
+        dirpath=out / CHECKPOINT_DIR,
+        filename="best",
+        monitor=VAL_FORCE_MAE,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks: list = [checkpoint, *_progress_bar(config)]
+    if config.patience > 0:
+        callbacks.append(
+            EarlyStopping(monitor=VAL_FORCE_MAE, mode="min", patience=config.patience)
+        )
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=nodes,
+        strategy=strategy,
+        precision=precision,
+        max_epochs=config.max_epochs,
+        max_time=timedelta(minutes=config.max_time_min) if config.max_time_min > 0 else None,
+        gradient_clip_val=config.grad_clip if config.grad_clip > 0 else None,
+        gradient_clip_algorithm="norm",
+        check_val_every_n_epoch=config.val_every_n_epochs,
+        callbacks=callbacks,
+        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")],
+        plugins=[AtomicCheckpointIO()],
+        deterministic=True if accelerator == "cpu" else "warn",
+        inference_mode=False,  # validation needs autograd forces
+        num_sanity_val_steps=0,
+        enable_progress_bar=config.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train a student on ``config.data`` and export it to ``<out>/model/``.
+
+    ``resume=True`` continues from ``<out>/checkpoints/last.ckpt`` (weights, optimiser, schedule,
+    EMA, early-stopping state, epoch counter); without one the run starts fresh.
+    """
+    start = time.perf_counter()
+    out = config.out_dir
+    last = out / CHECKPOINT_DIR / "last.ckpt"
+    ckpt_path = None
+    if resume:
+        if last.is_file():
+            ckpt_path = str(last)
+        else:
+            print(f"--resume: no checkpoint at '{last}' yet, starting fresh", file=sys.stderr)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    trainer = build_trainer(config)
+    dtype = _dtype(config.precision)
+    datamodule = HDF5DataModule(config, dtype=dtype)
+    model = build_model(config)
+    datamodule.fit_statistics(model)
+    module = DistillationModule(model, config)
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.yaml")
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    checkpoint_cb = trainer.checkpoint_callback
+    best = checkpoint_cb.best_model_path or str(last)
+    result = None
+    if trainer.is_global_zero:
+        state = load_checkpoint(best)["state_dict"]
+        module.load_state_dict(state)
+        final = module.eval_model().to("cpu")
+        save_model(final, out / MODEL_DIR)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        result = TrainResult(
+            out_dir=str(out),
+            model_path=str(out / MODEL_DIR),
+            best_checkpoint=str(best),
+            best_val_force_mae=float(checkpoint_cb.best_model_score or float("nan")),
+            val_energy_mae=metrics.get(VAL_ENERGY_MAE, float("nan")),
+            val_force_mae=metrics.get(VAL_FORCE_MAE, float("nan")),
+            val_force_rmse=metrics.get(VAL_FORCE_RMSE, float("nan")),
+            epochs=int(trainer.current_epoch),
+            global_step=int(trainer.global_step),
+            stopped_by=_stop_reason(trainer, config),
+            wall_s=time.perf_counter() - start,
+            n_train=len(datamodule.train_indices),
+            n_val=len(datamodule.val_indices),
+            world_size=int(trainer.world_size),
+        )
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    if trainer.world_size > 1:
+        trainer.strategy.barrier()
+    if result is None:  # other ranks read what rank 0 wrote
+        result = TrainResult(**json.loads((out / "result.json").read_text()))
+    return result
+
+
+def _stop_reason(trainer: L.Trainer, config: TrainConfig) -> str:
+    for cb in trainer.callbacks:
+        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+            return "early_stopping"
+    if trainer.current_epoch >= config.max_epochs:
+        return "max_epochs"
+    if config.max_time_min > 0:
+        return "max_time"
+    return "interrupted"
