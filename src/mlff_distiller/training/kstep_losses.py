@@ -93,12 +93,18 @@ def structural_losses(
     out = {"bond": zero, "angle": zero, "dihedral": zero}
     if len(targets.bonds):
         out["bond"] = torch.mean(
-            (bond_lengths(positions_pred, targets.bonds) - bond_lengths(positions_true, targets.bonds))
+            (
+                bond_lengths(positions_pred, targets.bonds)
+                - bond_lengths(positions_true, targets.bonds)
+            )
             ** 2
         )
     if len(targets.angles):
         out["angle"] = torch.mean(
-            (bond_angles(positions_pred, targets.angles) - bond_angles(positions_true, targets.angles))
+            (
+                bond_angles(positions_pred, targets.angles)
+                - bond_angles(positions_true, targets.angles)
+            )
             ** 2
         )
     if len(targets.dihedrals):
@@ -122,9 +128,7 @@ def kstep_loss(
         "delta_x": torch.mean((dx - targets.delta_positions) ** 2),
         "delta_v": torch.mean(((dv - targets.delta_velocities) * targets.tau) ** 2),
     }
-    parts.update(
-        structural_losses(positions + dx, positions + targets.delta_positions, targets)
-    )
+    parts.update(structural_losses(positions + dx, positions + targets.delta_positions, targets))
     total = (
         w.delta_x * parts["delta_x"]
         + w.delta_v * parts["delta_v"]
