@@ -76,13 +76,14 @@ def bond_angles(positions: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
 
 def dihedral_angles(positions: torch.Tensor, dihedrals: torch.Tensor) -> torch.Tensor:
-    """positions (n, 3), dihedrals (n_dihedrals, 4) -> (n_dihedrals,) radians in (-pi, pi]."""
+    """positions (n, 3), dihedrals (n_dihedrals, 4) -> (n_dihedrals,) radians in (-pi, pi]
+    (IUPAC sign, as ``ase.Atoms.get_dihedral`` modulo 2 pi)."""
     p0, p1, p2, p3 = (positions[dihedrals[:, i]] for i in range(4))
     b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
     n1 = torch.linalg.cross(b0, b1)
     n2 = torch.linalg.cross(b1, b2)
-    m1 = torch.linalg.cross(n1, b1 / b1.norm(dim=-1, keepdim=True))
-    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
+    b1_unit = b1 / b1.norm(dim=-1, keepdim=True)
+    return torch.atan2((torch.linalg.cross(n1, n2) * b1_unit).sum(-1), (n1 * n2).sum(-1))
 
 
 def structural_losses(
