@@ -1,0 +1,146 @@
+"""Hybrid integrator with a real corrector (GFN2-xTB via the xtb teacher, water): a zero jump
+plus the corrector is exactly one ASE velocity-Verlet step; forced failures take the retry path
+(scales 1, 0.8, 0.64), then the physics fallback or an IntegrationError that keeps the file."""
+
+import numpy as np
+import pytest
+import torch
+from ase import units as ase_units
+from ase.build import molecule
+from ase.md.verlet import VelocityVerlet
+
+from mlff_distiller.data.hdf5 import Dataset, DatasetWriter
+from mlff_distiller.kstep.correctors import CalculatorCorrector, make_corrector
+from mlff_distiller.kstep.integrator import (
+    HybridConfig,
+    HybridIntegrator,
+    IntegrationError,
+    velocity_verlet_trajectory,
+)
+from mlff_distiller.kstep.topology import build_topology
+from mlff_distiller.models.kstep_common import DELTA_POSITIONS, DELTA_VELOCITIES
+from mlff_distiller.teachers import get_teacher
+
+
+class ScriptedJump(torch.nn.Module):
+    """A jump 'network' whose outputs are scripted: zero for the first ``n_good`` calls, then
+    moving atom 0 by ``bad_dx`` Å along x (which stretches its bond far beyond 2x)."""
+
+    def __init__(self, n_good: int = 10**9, bad_dx: float = 5.0):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.n_good, self.bad_dx, self.calls = n_good, bad_dx, 0
+
+    def forward(self, inp):
+        self.calls += 1
+        dx = torch.zeros_like(inp.positions)
+        if self.calls > self.n_good:
+            dx[0, 0] = self.bad_dx
+        return {DELTA_POSITIONS: dx, DELTA_VELOCITIES: torch.zeros_like(inp.velocities)}
+
+
+@pytest.fixture(scope="module")
+def water():
+    atoms = molecule("H2O")
+    rng = np.random.default_rng(0)
+    v = rng.normal(scale=0.01, size=(3, 3))  # Å/fs
+    v -= (atoms.get_masses()[:, None] * v).sum(0) / atoms.get_masses().sum()
+    return atoms, v
+
+
+@pytest.fixture
+def xtb():
+    """A fresh teacher per test: tblite restarts its SCF from the previous call's solution, so
+    results agree to round-off only between calculators with the same call history."""
+    return get_teacher("xtb")
+
+
+def _integrator(atoms, calc, model, **cfg):
+    topo = build_topology(atoms.numbers, atoms.positions)
+    return HybridIntegrator(
+        model,
+        CalculatorCorrector(atoms, calc, "xtb"),
+        atoms.numbers,
+        atoms.get_masses(),
+        topo.bonds,
+        topo.bond_lengths,
+        HybridConfig(**cfg),
+    )
+
+
+def test_zero_jump_plus_corrector_is_one_ase_velocity_verlet_step(water, xtb):
+    atoms, v = water
+    dt = 0.5
+    hybrid = _integrator(atoms, xtb, ScriptedJump(), k=4, dt=dt, keep_momentum=False)
+    res = hybrid.run(atoms.positions, v, n_cycles=1)
+
+    ref = atoms.copy()
+    ref.calc = get_teacher("xtb")
+    ref.set_velocities(v / ase_units.fs)
+    VelocityVerlet(ref, timestep=dt * ase_units.fs).run(1)
+    np.testing.assert_allclose(res.positions[-1], ref.positions, atol=1e-12)
+    np.testing.assert_allclose(res.velocities[-1], ref.get_velocities() * ase_units.fs, atol=1e-12)
+    assert res.force_calls == 2  # start + one step: the zero jump reuses F(x)
+    assert res.retries == 0 and res.fallbacks == 0
+
+
+def test_forced_failure_retries_then_falls_back_to_physics(water, xtb):
+    atoms, v = water
+    k, dt = 3, 0.5
+    hybrid = _integrator(atoms, xtb, ScriptedJump(n_good=0), k=k, dt=dt)
+    res = hybrid.run(atoms.positions, v, n_cycles=1)
+    assert res.attempt_scales == pytest.approx([1.0, 0.8, 0.64])
+    assert res.retries == 2 and res.fallbacks == 1 and res.failures == {"bond": 3}
+    # the fallback is k + 1 plain velocity-Verlet steps; no force call was wasted on rejects
+    frames, stats = velocity_verlet_trajectory(
+        CalculatorCorrector(atoms, get_teacher("xtb")),
+        atoms.positions,
+        v,
+        atoms.get_masses(),
+        dt,
+        k + 1,
+    )
+    np.testing.assert_allclose(res.positions[-1], frames["positions"][-1], atol=1e-12)
+    np.testing.assert_allclose(res.velocities[-1], frames["velocities"][-1], atol=1e-12)
+    assert res.force_calls == stats["force_calls"] == k + 2
+    assert res.time[-1] == pytest.approx((k + 1) * dt)
+
+
+def test_failure_with_stop_raises_and_keeps_the_trajectory(water, xtb, tmp_path):
+    atoms, v = water
+    hybrid = _integrator(atoms, xtb, ScriptedJump(n_good=2), k=2, dt=0.5, fallback="stop")
+    path = tmp_path / "hybrid.h5"
+    with DatasetWriter(path) as writer:
+        with pytest.raises(IntegrationError, match="after 3 jump attempts") as err:
+            hybrid.run(atoms.positions, v, n_cycles=5, writer=writer, molecule="water")
+    assert err.value.result.cycles == 2
+    ds = Dataset(path)
+    assert len(ds) == 3  # start + two good cycles
+    frame = ds.get_arrays(2)
+    np.testing.assert_allclose(frame["positions"], err.value.result.positions[-1])
+    np.testing.assert_allclose(frame["velocities"], err.value.result.velocities[-1])
+    assert float(frame["time"]) == pytest.approx(2 * 3 * 0.5)
+
+
+def test_momentum_is_kept_by_the_jump(water, xtb):
+    atoms, v = water
+    v = v + np.array([0.002, -0.001, 0.0])  # a drifting molecule
+    hybrid = _integrator(atoms, xtb, ScriptedJump(n_good=0, bad_dx=0.05), k=4, dt=0.5)
+    dx, dv = hybrid.predict(atoms.positions, v, np.zeros((3, 3)))
+    m = atoms.get_masses()[:, None]
+    np.testing.assert_allclose((m * dv).sum(0), 0.0, atol=1e-12)
+    v_com = (m * v).sum(0) / m.sum()
+    np.testing.assert_allclose((m * dx).sum(0) / m.sum(), v_com * 4 * 0.5, atol=1e-12)
+
+
+def test_make_corrector_openmm_native_matches_the_teacher():
+    pytest.importorskip("openmm")
+    atoms = molecule("CH3OH")
+    corrector = make_corrector("openmm-gaff2", atoms, smiles="CO")
+    teacher = get_teacher("openmm-gaff2", smiles="CO")
+    probe = atoms.copy()
+    probe.calc = teacher
+    energy, forces = corrector.forces(atoms.positions)
+    assert energy == pytest.approx(probe.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(forces, probe.get_forces(), atol=1e-5)
+    assert corrector.n_calls == 1
