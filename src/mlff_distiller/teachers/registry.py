@@ -27,10 +27,17 @@ class TeacherSpec:
 
     def availability(self) -> tuple[bool, str]:
         """``(True, "")`` if every required module imports, else ``(False, reason)``."""
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.requires if not _importable(m)]
         if missing:
             return False, "not installed: " + ", ".join(missing)
         return True, ""
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (e.g. "openff") is missing
+        return False
 
 
 _P = "mlff_distiller.teachers"

@@ -115,6 +115,7 @@ class _ASEEngine:
             temperature_K=cfg.temperature_k,
             friction=friction,
             rng=rng,
+            fixcm=False,
         )
 
     def to_nve(self) -> None:
