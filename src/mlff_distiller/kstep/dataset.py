@@ -1,0 +1,407 @@
+"""k-step training windows ``(x_t, v_t) -> (x_{t+k}, v_{t+k})`` from teacher MD trajectories.
+
+:func:`build_windows` reads reference trajectories (the HDF5 format of ``mlffd sample``: frames
+with positions, velocities (Å/fs), forces and time), finds every pair of frames exactly ``k`` MD
+steps apart (``k * dt`` in time, ``dt`` from the file's ``sampling`` attribute or given), takes
+every ``stride``-th start frame, and writes a small window file (HDF5)::
+
+    /molecules/<name>/ atomic_numbers (n,) masses (n,) bonds (b,2) angles (a,3) dihedrals (d,4)
+                       x_t v_t f_t x_tk v_tk f_tk (w, n, 3)   k (w,)   dt (w,)
+                       attrs: smiles, split ("train" | "val" | "test")
+
+Splits are by molecule (70/15/15 by default, seeded) so test molecules are never trained on.
+:class:`KStepWindows` loads one split into memory and yields batches of
+``(KStepInput, KStepTargets)``, centred on each window's centre of mass and, optionally,
+randomly rotated (the same rotation for positions, velocities, forces and targets).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.data import atomic_masses
+
+from mlff_distiller import keys
+from mlff_distiller.kstep.topology import molecule_topology
+from mlff_distiller.models.kstep_common import KStepInput
+from mlff_distiller.training.kstep_losses import KStepTargets
+
+SPLITS = ("train", "val", "test")
+WINDOW_FORMAT = "mlff_distiller.kstep_windows"
+
+
+@dataclass
+class MoleculeWindows:
+    """All windows of one molecule (arrays as in the module docstring)."""
+
+    name: str
+    smiles: str
+    atomic_numbers: np.ndarray
+    masses: np.ndarray
+    bonds: np.ndarray
+    angles: np.ndarray
+    dihedrals: np.ndarray
+    x_t: np.ndarray
+    v_t: np.ndarray
+    f_t: np.ndarray
+    x_tk: np.ndarray
+    v_tk: np.ndarray
+    f_tk: np.ndarray
+    k: np.ndarray
+    dt: np.ndarray
+    split: str = "train"
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.k)
+
+
+ARRAYS = ("x_t", "v_t", "f_t", "x_tk", "v_tk", "f_tk", "k", "dt")
+STATIC = ("atomic_numbers", "masses", "bonds", "angles", "dihedrals")
+
+
+def trajectory_dt(attrs: dict) -> float | None:
+    """MD time step (fs) of a trajectory written by ``mlffd sample`` (its ``sampling`` attr)."""
+    sampling = attrs.get("sampling")
+    if isinstance(sampling, str):
+        try:
+            sampling = json.loads(sampling)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(sampling, dict) and sampling.get("dt_fs"):
+        return float(sampling["dt_fs"])
+    return None
+
+
+def read_trajectory(path: str | Path) -> dict:
+    """Frames of one-molecule trajectory ``path`` as arrays: positions, velocities, forces
+    (n_frames, n, 3), time (n_frames,), atomic_numbers, name, smiles, dt (fs or None)."""
+    from mlff_distiller.data.hdf5 import Dataset
+
+    with Dataset(path) as ds:
+        if len(ds) < 2:
+            raise ValueError(f"trajectory {path} has {len(ds)} frames; k-step windows need >= 2")
+        if not (ds.has(keys.VELOCITIES) and ds.has(keys.TIME)):
+            raise ValueError(
+                f"trajectory {path} has no velocities/time; write it with `mlffd sample`"
+            )
+        frames = [ds.get_arrays(i) for i in range(len(ds))]
+        attrs = dict(ds.attrs)
+    numbers = frames[0][keys.ATOMIC_NUMBERS]
+    if any(len(f[keys.ATOMIC_NUMBERS]) != len(numbers) for f in frames):
+        raise ValueError(f"trajectory {path} mixes molecules; give one trajectory per molecule")
+    has_forces = keys.FORCES in frames[0]
+    return {
+        "positions": np.stack([f[keys.POSITIONS] for f in frames]).astype(np.float64),
+        "velocities": np.stack([f[keys.VELOCITIES] for f in frames]).astype(np.float64),
+        "forces": (
+            np.stack([f[keys.FORCES] for f in frames]).astype(np.float64)
+            if has_forces
+            else np.full((len(frames), len(numbers), 3), np.nan)
+        ),
+        "time": np.array([float(f[keys.TIME]) for f in frames]),
+        "atomic_numbers": np.asarray(numbers, dtype=np.int64),
+        "name": str(frames[0].get(keys.NAME) or Path(path).stem),
+        "smiles": str(frames[0].get(keys.SMILES) or ""),
+        "dt": trajectory_dt(attrs),
+    }
+
+
+def windows_of_trajectory(
+    traj: dict, ks: Sequence[int], stride: int = 1, dt: float | None = None
+) -> dict[str, np.ndarray]:
+    """Window arrays for every ``k`` in ``ks``: start frames ``0, stride, 2 stride, ...`` whose
+    partner frame lies exactly ``k * dt`` later (frames of another time step are skipped)."""
+    dt = dt or traj["dt"]
+    if not dt:
+        raise ValueError(
+            f"trajectory of {traj['name']!r} does not say its MD time step; pass dt (fs)"
+        )
+    t = traj["time"]
+    out: dict[str, list] = {name: [] for name in ARRAYS}
+    for k in ks:
+        partner = np.searchsorted(t, t + k * dt - 1e-6)
+        for i in range(0, len(t), stride):
+            j = partner[i]
+            if j >= len(t) or abs(t[j] - t[i] - k * dt) > 1e-6:
+                continue
+            for name, src, idx in (
+                ("x_t", "positions", i),
+                ("v_t", "velocities", i),
+                ("f_t", "forces", i),
+                ("x_tk", "positions", j),
+                ("v_tk", "velocities", j),
+                ("f_tk", "forces", j),
+            ):
+                out[name].append(traj[src][idx])
+            out["k"].append(k)
+            out["dt"].append(dt)
+    n = traj["positions"].shape[1]
+    return {
+        name: (
+            np.asarray(values)
+            if values
+            else np.zeros((0, n, 3) if name not in ("k", "dt") else (0,))
+        )
+        for name, values in out.items()
+    }
+
+
+def split_molecules(
+    names: Sequence[str],
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    test: Sequence[str] = (),
+) -> dict[str, str]:
+    """Molecule name -> split. ``test`` names are forced into the test split. With >= 3
+    molecules, val and test each get at least one; the rest is train."""
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    unknown = sorted(set(test) - set(names))
+    if unknown:
+        raise ValueError(f"test molecules {unknown} are not among the trajectories {list(names)}")
+    names = sorted(set(names))
+    rng = np.random.default_rng(seed)
+    rest = [n for n in names if n not in set(test)]
+    rest = [rest[i] for i in rng.permutation(len(rest))]
+    n = len(names)
+    n_train = round(fractions[0] * n)
+    n_val = min(round(fractions[1] * n), n - n_train)
+    n_test = n - n_train - n_val
+    for needed in ("test", "val"):  # >= 3 molecules: one each for val and test at least
+        frac = fractions[2] if needed == "test" else fractions[1]
+        if n >= 3 and frac > 0 and (n_test if needed == "test" else n_val) == 0:
+            n_train -= 1
+            n_test, n_val = (n_test + 1, n_val) if needed == "test" else (n_test, n_val + 1)
+    if len(test) > n_test:
+        n_train, n_test = n_train - (len(test) - n_test), len(test)
+    test_names = list(test) + rest[: n_test - len(test)]
+    rest = rest[n_test - len(test) :]
+    out = {name: "test" for name in test_names}
+    out.update({name: "val" for name in rest[:n_val]})
+    out.update({name: "train" for name in rest[n_val:]})
+    return out
+
+
+def build_windows(
+    trajectories: Sequence[str | Path],
+    out_path: str | Path,
+    ks: Sequence[int] = (8,),
+    stride: int = 1,
+    dt: float | None = None,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    test_molecules: Sequence[str] = (),
+) -> dict[str, MoleculeWindows]:
+    """Windows of every trajectory (several files of one molecule are merged), split by
+    molecule, written to ``out_path``. Returns them by molecule name."""
+    if not trajectories:
+        raise ValueError("no trajectories given to build k-step windows from")
+    if any(k < 1 for k in ks) or stride < 1:
+        raise ValueError(f"k values must be >= 1 and stride >= 1, got ks={list(ks)}, {stride=}")
+    merged: dict[str, MoleculeWindows] = {}
+    for path in trajectories:
+        traj = read_trajectory(path)
+        arrays = windows_of_trajectory(traj, ks, stride, dt)
+        name = traj["name"]
+        if name in merged:
+            old = merged[name]
+            if not np.array_equal(old.atomic_numbers, traj["atomic_numbers"]):
+                raise ValueError(f"two trajectories named {name!r} hold different molecules")
+            for key in ARRAYS:
+                setattr(old, key, np.concatenate([getattr(old, key), arrays[key]]))
+            continue
+        numbers = traj["atomic_numbers"]
+        topo = molecule_topology(name, numbers, traj["positions"][0], traj["smiles"] or None)
+        merged[name] = MoleculeWindows(
+            name=name,
+            smiles=traj["smiles"],
+            atomic_numbers=numbers,
+            masses=atomic_masses[numbers].astype(np.float64),
+            bonds=topo.bonds,
+            angles=topo.angles,
+            dihedrals=topo.dihedrals,
+            **arrays,
+        )
+    if all(m.n_windows == 0 for m in merged.values()):
+        raise ValueError(
+            f"no frame pairs k*dt apart for k={list(ks)}; the trajectories must be saved at "
+            "least every k steps (save_every dividing k)"
+        )
+    for name, split in split_molecules(list(merged), fractions, seed, test_molecules).items():
+        merged[name].split = split
+    write_windows(out_path, merged.values())
+    return merged
+
+
+def write_windows(path: str | Path, molecules) -> None:
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with h5py.File(tmp, "w") as h5:
+        h5.attrs["format"] = WINDOW_FORMAT
+        group = h5.create_group("molecules")
+        for mol in molecules:
+            g = group.create_group(mol.name.replace("/", "_"))
+            g.attrs["name"], g.attrs["smiles"], g.attrs["split"] = mol.name, mol.smiles, mol.split
+            for key in STATIC + ARRAYS:
+                g.create_dataset(key, data=getattr(mol, key))
+    tmp.replace(path)  # crash-safe: the old file stays until the new one is complete
+
+
+def read_windows(path: str | Path, split: str | None = None) -> list[MoleculeWindows]:
+    """Molecules of a window file, optionally only those of ``split``."""
+    import h5py
+
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"k-step window file {path} does not exist (mlffd kstep dataset)")
+    with h5py.File(path, "r") as h5:
+        if h5.attrs.get("format") != WINDOW_FORMAT:
+            raise ValueError(f"{path} is not a k-step window file (mlffd kstep dataset makes one)")
+        out = []
+        for g in h5["molecules"].values():
+            if split is not None and g.attrs["split"] != split:
+                continue
+            out.append(
+                MoleculeWindows(
+                    name=str(g.attrs["name"]),
+                    smiles=str(g.attrs["smiles"]),
+                    split=str(g.attrs["split"]),
+                    **{key: g[key][()] for key in STATIC + ARRAYS},
+                )
+            )
+    return out
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random proper rotation (3, 3) from the QR of a Gaussian matrix."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+class KStepWindows:
+    """Windows of one split in memory, served as ``(KStepInput, KStepTargets)`` batches."""
+
+    def __init__(
+        self,
+        molecules: Sequence[MoleculeWindows],
+        augment_rotations: bool = False,
+        centre: bool = True,
+        ks: Sequence[int] | None = None,
+    ):
+        self.molecules = list(molecules)
+        self.augment_rotations = augment_rotations
+        self.centre = centre
+        self.index = np.array(
+            [
+                (m, w)
+                for m, mol in enumerate(self.molecules)
+                for w in range(mol.n_windows)
+                if ks is None or int(mol.k[w]) in set(ks)
+            ],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+
+    @classmethod
+    def from_file(cls, path: str | Path, split: str, **kwargs) -> KStepWindows:
+        return cls(read_windows(path, split), **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def has_forces(self) -> bool:
+        return all(np.all(np.isfinite(m.f_t)) for m in self.molecules if m.n_windows)
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, dtype=torch.float32
+    ) -> Iterator[tuple[KStepInput, KStepTargets]]:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(self)) if shuffle else np.arange(len(self))
+        for start in range(0, len(order), batch_size):
+            yield self.collate(self.index[order[start : start + batch_size]], rng, dtype)
+
+    def collate(
+        self, items: np.ndarray, rng: np.random.Generator, dtype=torch.float32
+    ) -> tuple[KStepInput, KStepTargets]:
+        parts: dict[str, list] = {
+            name: []
+            for name in (
+                "z",
+                "m",
+                "x",
+                "v",
+                "f",
+                "dx",
+                "dv",
+                "f1",
+                "k",
+                "dt",
+                "tau",
+                "b",
+                "a",
+                "d",
+                "sys",
+            )
+        }
+        offset = 0
+        for s, (mi, wi) in enumerate(items):
+            mol = self.molecules[mi]
+            n = len(mol.atomic_numbers)
+            x, v, f = mol.x_t[wi], mol.v_t[wi], mol.f_t[wi]
+            dx, dv, f1 = mol.x_tk[wi] - x, mol.v_tk[wi] - v, mol.f_tk[wi]
+            if self.centre:
+                x = x - (mol.masses[:, None] * x).sum(0) / mol.masses.sum()
+            if self.augment_rotations:
+                rot = random_rotation(rng)
+                x, v, f, dx, dv, f1 = (a @ rot.T for a in (x, v, f, dx, dv, f1))
+            for key, value in (
+                ("z", mol.atomic_numbers), ("m", mol.masses), ("x", x), ("v", v), ("f", f),
+                ("dx", dx), ("dv", dv), ("f1", f1), ("sys", np.full(n, s)),
+                ("b", mol.bonds + offset), ("a", mol.angles + offset),
+                ("d", mol.dihedrals + offset),
+                ("tau", np.full((n, 1), mol.k[wi] * mol.dt[wi])),
+            ):  # fmt: skip
+                parts[key].append(value)
+            parts["k"].append(int(mol.k[wi]))
+            parts["dt"].append(float(mol.dt[wi]))
+            offset += n
+
+        def cat(key, dt=dtype):
+            return torch.as_tensor(np.concatenate(parts[key]), dtype=dt)
+
+        forces = cat("f")
+        inp = KStepInput(
+            atomic_numbers=cat("z", torch.long),
+            masses=cat("m"),
+            positions=cat("x"),
+            velocities=cat("v"),
+            system_idx=cat("sys", torch.long),
+            k=torch.as_tensor(parts["k"], dtype=torch.long),
+            dt=torch.as_tensor(parts["dt"], dtype=dtype),
+            forces=forces if torch.isfinite(forces).all() else None,
+        )
+        f1 = cat("f1")
+        targets = KStepTargets(
+            delta_positions=cat("dx"),
+            delta_velocities=cat("dv"),
+            tau=cat("tau"),
+            bonds=cat("b", torch.long).reshape(-1, 2),
+            angles=cat("a", torch.long).reshape(-1, 3),
+            dihedrals=cat("d", torch.long).reshape(-1, 4),
+            forces=f1 if torch.isfinite(f1).all() else None,
+        )
+        return inp, targets
