@@ -33,18 +33,23 @@ from mlff_distiller.data.schema import (
 class Dataset:
     """Read-only, lazy view of an HDF5 dataset file.
 
+    Per-atom data (positions, forces, ...) is always read on demand; per-structure fields
+    (cell, pbc, energy, ...) are kept in memory when they take less than ``cache_mib`` MiB.
+
     ``len(ds)`` structures; ``ds[i]`` -> ``ase.Atoms`` (labels on a SinglePointCalculator);
     ``ds[a:b]`` -> list; ``ds.get_arrays(i)`` -> dict of numpy arrays;
     ``ds.get_batch(indices)`` -> :class:`AtomsBatch` with labels.
     Only committed frames are visible; :meth:`refresh` picks up frames appended since opening.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, cache_mib: float = 64.0) -> None:
         self.path = Path(path)
-        self._h5 = open_h5_for_reading(self.path)
+        self.cache_mib = float(cache_mib)
+        self._cache: dict[str, np.ndarray] = {}
+        self._h5 = _open_shared(self.path)
         if f"{STRUCTURES}/n_atoms" not in self._h5:
             fmt = decode_attr(self._h5.attrs.get("format", ""))
-            self._h5.close()
+            _close_shared(self._h5)
             if fmt != "mlff_distiller":
                 raise DatasetError(
                     f"{self.path}: not an mlff_distiller dataset (no '{STRUCTURES}/n_atoms'); "
@@ -87,7 +92,21 @@ class Dataset:
         self.molecule_names = [n.decode() for n in names[:]] if len(names) else []
         self.molecule_smiles = [n.decode() for n in smiles[:]] if len(smiles) else []
         self._attrs = {k: decode_attr(v) for k, v in h5.attrs.items()}
+        self._fill_cache()
         return self._len
+
+    def _fill_cache(self) -> None:
+        """Keep per-structure fields (cell, pbc, energy, ...: ~100 bytes per structure) in
+        memory when together they take less than ``cache_mib``; per-atom data stays on disk."""
+        self._cache = {}
+        per_structure = {k: ds for k, ds in self._datasets.items() if not FIELDS[k].per_atom}
+        row_bytes = sum(
+            ds.dtype.itemsize * int(np.prod(ds.shape[1:])) for ds in per_structure.values()
+        )
+        if self._len * row_bytes > self.cache_mib * 2**20:
+            return
+        for key, ds in per_structure.items():
+            self._cache[key] = ds[: self._len]
 
     # ------------------------------------------------------------------ basics
 
@@ -102,7 +121,7 @@ class Dataset:
 
     def close(self) -> None:
         if self._h5 is not None:
-            self._h5.close()
+            _close_shared(self._h5)
             self._h5 = None
 
     def __repr__(self) -> str:
@@ -145,6 +164,9 @@ class Dataset:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         out: dict = {}
         for key, ds in self._datasets.items():
+            if key in self._cache:
+                out[key] = self._cache[key][i].copy()
+                continue
             value = ds[a:b] if FIELDS[key].per_atom else ds[i]
             out[key] = np.asarray(value)
         mid = int(self.molecule_ids[i])
@@ -248,6 +270,9 @@ class Dataset:
         wanted = [keys.ATOMIC_NUMBERS, keys.POSITIONS, keys.CELL, keys.PBC, *fields]
         sorted_data = {}
         for key in dict.fromkeys(wanted):
+            if key in self._cache:
+                sorted_data[key] = self._cache[key][uniq]
+                continue
             ds = self._datasets[key]
             runs = atom_runs if FIELDS[key].per_atom else struct_runs
             sorted_data[key] = read_runs(ds, *runs)
@@ -266,6 +291,33 @@ class Dataset:
 
     def __getstate__(self):
         raise TypeError("Dataset holds an open HDF5 file; pass its path to worker processes")
+
+
+# One h5py handle per file per process, shared by every Dataset on it: HDF5 misreads chunked
+# data when one process holds two SWMR-read handles of the same file.
+_SHARED: dict[tuple[str, int], list] = {}
+
+
+def _open_shared(path: Path):
+    key = (str(path.resolve()), path.stat().st_ino) if path.exists() else (str(path), -1)
+    entry = _SHARED.get(key)
+    if entry is not None and entry[0].id.valid:
+        entry[1] += 1
+        return entry[0]
+    h5 = open_h5_for_reading(path)
+    _SHARED[key] = [h5, 1]
+    return h5
+
+
+def _close_shared(h5) -> None:
+    for key, entry in list(_SHARED.items()):
+        if entry[0] is h5:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _SHARED[key]
+                h5.close()
+            return
+    h5.close()
 
 
 def _merge_runs(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

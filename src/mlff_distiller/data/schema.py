@@ -155,15 +155,16 @@ def default_root_attrs() -> dict:
 
 
 def open_h5_for_reading(path: str | Path):
-    """Open ``path`` read-only (SWMR read, so a file being written or left by a killed
-    writer opens too). Raises FileNotFoundError or DatasetError for a non-HDF5/truncated file."""
+    """Open ``path`` read-only; a file being written, or left by a killed writer, is opened
+    in SWMR-read mode. Raises FileNotFoundError, or DatasetError for a non-HDF5/truncated file.
+    """
     import h5py
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset file not found: {path}")
     errors = []
-    for kwargs in ({"swmr": True}, {}):
+    for kwargs in ({}, {"swmr": True}):
         try:
             return h5py.File(path, "r", **kwargs)
         except OSError as err:
