@@ -8,8 +8,9 @@ on the command line override the ``--config`` YAML file.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
-from typing import Any, Optional  # noqa: UP035 (typer reads Optional[...] annotations)
+from typing import Any
 
 import typer
 
@@ -53,7 +54,7 @@ _PY_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 def _option_annotation(field_type: Any) -> Any:
     base = _PY_TYPES.get(field_type if isinstance(field_type, str) else field_type.__name__)
-    return Optional[base]  # noqa: UP007
+    return base | None
 
 
 def _build_command():
@@ -68,25 +69,30 @@ def _build_command():
             from mlff_distiller.training.trainer import train
 
             cfg = load_config(config_path, **kwargs)
-            console.print(f"[bold]training[/] on {cfg.data} -> {cfg.out}")
+            rank_zero = os.environ.get("RANK", "0") == "0"
+            if rank_zero:
+                console.print(f"[bold]training[/] on {cfg.data} -> {cfg.out}")
             result = train(cfg, resume=resume)
-            console.print(
-                f"[green]done[/]: best val force MAE {result.best_val_force_mae:.2f} meV/Å, "
-                f"energy MAE {result.val_energy_mae:.2f} meV/atom after {result.epochs} epochs "
-                f"({result.stopped_by}); model -> {result.model_path}"
-            )
+            if rank_zero:
+                console.print(
+                    f"[green]done[/]: best val force MAE {result.best_val_force_mae:.2f} meV/Å, "
+                    f"energy MAE {result.val_energy_mae:.2f} meV/atom after {result.epochs} epochs "
+                    f"({result.stopped_by}); model -> {result.model_path}"
+                )
 
     params = [
         inspect.Parameter(
             "config",
             inspect.Parameter.KEYWORD_ONLY,
             default=typer.Option(None, "--config", "-c", help="YAML file of TrainConfig fields"),
-            annotation=Optional[Path],  # noqa: UP007
+            annotation=Path | None,
         ),
         inspect.Parameter(
             "resume",
             inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(False, "--resume", help="continue from <out>/checkpoints/last.ckpt"),
+            default=typer.Option(
+                False, "--resume", help="continue from <out>/checkpoints/last.ckpt"
+            ),
             annotation=bool,
         ),
     ]

@@ -276,3 +276,36 @@ def stored_split(dataset, name: str) -> np.ndarray:
     from mlff_distiller.data.splits import load_split
 
     return np.asarray(load_split(dataset.path, name))
+
+
+def format_summary(result: dict) -> str:
+    """A markdown table of the headline numbers of :func:`evaluate_student`'s result."""
+    rows = [
+        "| comparison | structures | energy MAE (meV/atom) | force MAE (meV/Å) "
+        "| force RMSE (meV/Å) | force cosine | reference force std (meV/Å) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in (("student_vs_labels", "student vs labels"),
+                       ("student_vs_teacher", f"student vs {result.get('teacher')} (live)")):
+        if key not in result:
+            continue
+        o = result[key]["overall"]
+        rows.append(
+            f"| {label} | {o['n_structures']} | {o['energy_mae_mev_per_atom']:.2f} "
+            f"| {o['force_mae_mev_per_a']:.1f} | {o['force_rmse_mev_per_a']:.1f} "
+            f"| {o['force_cosine']:.4f} | {o['force_std_mev_per_a']:.0f} |"
+        )
+    t = result.get("timing", {})
+    if t:
+        rows += [
+            "",
+            "| structure | atoms | student ms/call | teacher | teacher ms/call | speed-up |",
+            "|---|---|---|---|---|---|",
+        ]
+        teacher_ms = t.get("teacher_ms_per_call")
+        rows.append(
+            f"| {t['structure']} | {t['n_atoms']} | {t['student_ms_per_call']:.2f} "
+            f"| {t.get('teacher', '-')} | "
+            + (f"{teacher_ms:.2f} | {t['speedup']:.1f}x |" if teacher_ms else "- | - |")
+        )
+    return "\n".join(rows)

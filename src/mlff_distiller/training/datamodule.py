@@ -125,6 +125,10 @@ def split_indices(dataset: Dataset, config: TrainConfig) -> tuple[np.ndarray, np
     n = len(dataset)
     rng = np.random.default_rng(config.seed)
     perm = rng.permutation(n)
-    n_train = int(config.train_size) if config.train_size >= 1 else int(round(config.train_size * n))
-    n_val = int(config.val_size) if config.val_size >= 1 else int(round(config.val_size * n))
+    n_train = _count(config.train_size, n)
+    n_val = _count(config.val_size, n)
     return np.sort(perm[:n_train]), np.sort(perm[n_train : n_train + n_val])
+
+
+def _count(size: float, n: int) -> int:
+    return int(size) if size >= 1 else int(round(size * n))

@@ -73,6 +73,7 @@ class DistillationModule(L.LightningModule):
             batch_size=n,
             on_step=True,
             on_epoch=True,
+            sync_dist=True,
         )
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=n, prog_bar=False)
         return parts["loss"]
@@ -115,9 +116,10 @@ class DistillationModule(L.LightningModule):
         e_mae = sums[0] / sums[1] * 1000.0
         f_mae = sums[2] / sums[4] * 1000.0
         f_rmse = torch.sqrt(sums[3] / sums[4]) * 1000.0
-        self.log(VAL_ENERGY_MAE, e_mae.float(), prog_bar=True)
-        self.log(VAL_FORCE_MAE, f_mae.float(), prog_bar=True)
-        self.log(VAL_FORCE_RMSE, f_rmse.float())
+        # already summed over ranks: sync_dist averages identical values (and keeps Lightning quiet)
+        self.log(VAL_ENERGY_MAE, e_mae.float(), prog_bar=True, sync_dist=True)
+        self.log(VAL_FORCE_MAE, f_mae.float(), prog_bar=True, sync_dist=True)
+        self.log(VAL_FORCE_RMSE, f_rmse.float(), sync_dist=True)
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self):

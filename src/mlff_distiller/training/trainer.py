@@ -71,6 +71,8 @@ class TrainResult:
     n_train: int
     n_val: int
     world_size: int
+    ddp_max_param_diff: float = 0.0
+    """Largest difference of any weight between DDP ranks at the end (0 when in sync)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,9 +216,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         else:
             print(f"--resume: no checkpoint at '{last}' yet, starting fresh", file=sys.stderr)
     L.seed_everything(config.seed, workers=True, verbose=False)
+    datamodule = HDF5DataModule(config, dtype=_dtype(config.precision))
     trainer = build_trainer(config)
-    dtype = _dtype(config.precision)
-    datamodule = HDF5DataModule(config, dtype=dtype)
     model = build_model(config)
     datamodule.fit_statistics(model)
     module = DistillationModule(model, config)
@@ -226,6 +227,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
+    param_diff = ranks_param_spread(module.model) if trainer.world_size > 1 else 0.0
     checkpoint_cb = trainer.checkpoint_callback
     best = checkpoint_cb.best_model_path or str(last)
     result = None
@@ -250,6 +252,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             n_train=len(datamodule.train_indices),
             n_val=len(datamodule.val_indices),
             world_size=int(trainer.world_size),
+            ddp_max_param_diff=param_diff,
         )
         (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     if trainer.world_size > 1:
@@ -257,6 +260,20 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if result is None:  # other ranks read what rank 0 wrote
         result = TrainResult(**json.loads((out / "result.json").read_text()))
     return result
+
+
+def ranks_param_spread(model: torch.nn.Module) -> float:
+    """Max over weights of (max over ranks - min over ranks): 0 when all ranks hold the same
+    weights. Collective: every rank must call it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+    hi, lo = flat.clone(), flat.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).max())
 
 
 def _stop_reason(trainer: L.Trainer, config: TrainConfig) -> str:
