@@ -29,6 +29,10 @@ class UnsupportedElementError(ValueError):
     """A structure holds an element the teacher was not made for (found before any compute)."""
 
 
+class StructureMismatchError(ValueError):
+    """A structure does not fit the teacher's fixed molecule (e.g. another topology)."""
+
+
 def describe_atoms(atoms: Atoms) -> str:
     """A short human name for a structure: ``info['name']`` or ``info['smiles']``, else formula."""
     for key in (keys.NAME, keys.SMILES):
@@ -128,7 +132,7 @@ class TeacherCalculator(Calculator):
         self.check_elements(self.atoms)
         try:
             energy, forces = self.compute(self.atoms)
-        except (TeacherError, UnsupportedElementError):
+        except (TeacherError, UnsupportedElementError, StructureMismatchError):
             raise
         except Exception as err:  # the engine's own error, re-raised with context
             raise TeacherError(

@@ -15,7 +15,13 @@ import numpy as np
 from ase import Atoms
 
 from mlff_distiller import keys, units
-from mlff_distiller.teachers.base import TeacherError, TeacherInfo, describe_atoms, elements_of
+from mlff_distiller.teachers.base import (
+    StructureMismatchError,
+    TeacherError,
+    TeacherInfo,
+    describe_atoms,
+    elements_of,
+)
 from mlff_distiller.teachers.openmm_base import OpenMMTeacher, constraint_options
 
 AMBER14_ELEMENTS = elements_of("H", "C", "N", "O", "S")
@@ -88,16 +94,20 @@ class Amber14Teacher(OpenMMTeacher):
         self.numbers = tuple(a.element.atomic_number for a in topology.atoms())
 
     def molecule_key(self, atoms: Atoms) -> Any:
+        self._check_matches(atoms)
         return self.numbers
+
+    def _check_matches(self, atoms: Atoms) -> None:
+        if tuple(int(z) for z in atoms.numbers) != self.numbers:
+            raise StructureMismatchError(
+                f"structure {describe_atoms(atoms)} does not match the amber14 topology "
+                f"({len(self.numbers)} atoms): give the topology of this molecule"
+            )
 
     def build_system(self, atoms: Atoms, constraints: str | None = None):
         from openmm import app
 
-        if tuple(int(z) for z in atoms.numbers) != self.numbers:
-            raise ValueError(
-                f"structure {describe_atoms(atoms)} does not match the amber14 topology "
-                f"({len(self.numbers)} atoms): give the topology of this molecule"
-            )
+        self._check_matches(atoms)
         ff = app.ForceField(*self.forcefield_files)
         try:
             system = ff.createSystem(

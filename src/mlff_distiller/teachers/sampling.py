@@ -101,7 +101,11 @@ class _ASEEngine:
         self.atoms = atoms.copy()
         self.atoms.calc = teacher
         if velocities is None:
-            MaxwellBoltzmannDistribution(self.atoms, temperature_K=cfg.temperature_k, rng=rng)
+            try:  # ASE >= 3.28 name
+                from ase.md.velocitydistribution import thermalize_momenta
+            except ImportError:
+                thermalize_momenta = MaxwellBoltzmannDistribution
+            thermalize_momenta(self.atoms, temperature_K=cfg.temperature_k, rng=rng)
             Stationary(self.atoms)
             ZeroRotation(self.atoms)
         else:
