@@ -103,7 +103,7 @@ def all_pairs(
     first_pair = torch.cumsum(per_atom, 0) - per_atom  # index of each atom's first pair
     rank = torch.arange(i.shape[0], device=device) - first_pair[i]
     j = offsets[system_idx[i]] + rank
-    d2 = (positions[j] - positions[i]).square().sum(-1)
+    d2 = (positions.index_select(0, j) - positions.index_select(0, i)).square().sum(-1)
     keep = (i != j) & (d2 < cutoff * cutoff)
     edge_index = torch.stack([i[keep], j[keep]])
     shifts = torch.zeros(edge_index.shape[1], 3, dtype=positions.dtype, device=device)
@@ -157,4 +157,6 @@ def edge_vectors(
     positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor
 ) -> torch.Tensor:
     """(n_edges, 3) ``r_ij = positions[j] - positions[i] + shifts`` (differentiable)."""
-    return positions[edge_index[1]] - positions[edge_index[0]] + shifts
+    # index_select is much faster than advanced indexing on CPU (forward and backward)
+    senders = positions.index_select(0, edge_index[1])
+    return senders - positions.index_select(0, edge_index[0]) + shifts

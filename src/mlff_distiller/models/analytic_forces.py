@@ -53,22 +53,25 @@ def _backward(model: PaiNN, batch: AtomsBatch, keep: Intermediates) -> torch.Ten
 
     # readout: E = sum_atoms scale * (w2 . silu(W1 s + b1)) + ...  ->  g_s (n, F)
     w_out = model.readout_out.weight[0] * model.scale  # (F_readout,)
-    g_pre = silu_backward(keep.readout_pre, w_out.expand_as(keep.readout_pre))
+    g_pre = silu_backward(keep.readout_sig, keep.readout_act, w_out)
     g_s = g_pre @ model.readout_in.weight  # (n, F)
     g_v = torch.zeros(n_atoms, 3, hidden, dtype=dtype, device=device)
 
-    # per-edge accumulators over all blocks
-    g_basis = torch.zeros(dist.shape[0], cfg.n_rbf + 1, dtype=dtype, device=device)  # dE/dB
-    g_unit = torch.zeros_like(unit)  # (e, 3) dE/du through the direction messages
+    # per-edge accumulators over all blocks: dE/dW of the filters (e, T' * 3F), dE/du (e, 3)
+    n_edges = dist.shape[0]
+    g_filters = torch.zeros(n_edges, keep.filters.shape[1], dtype=dtype, device=device)
+    g_unit = torch.zeros_like(unit)
 
     for t in reversed(range(n_blocks)):
         g_s, g_v = _update_backward(model.updates[t], keep.update[t], g_s, g_v, hidden)
         g_s, g_v = _message_backward(
-            model, t, keep, g_s, g_v, g_basis, g_unit, need_input_grad=t > 0
+            model, t, keep, g_s, g_v, g_filters, g_unit, need_input_grad=t > 0
         )
 
-    # dE/dd from the filters, then dE/dr_ij = g_d u + (g_u - (g_u . u) u) / d
+    # W = B(d) @ Wf^T: one matmul for all blocks gives dE/dB (e, n_rbf + 1), then dE/dd
+    g_basis = g_filters @ model.filter_weight
     g_dist = (g_basis * keep.basis_deriv).sum(1)  # (e,)
+    # dE/dr_ij = g_d u + (g_u - (g_u . u) u) / d
     radial = g_dist - (g_unit * unit).sum(1) / dist
     g_vec = unit * radial[:, None] + g_unit / dist[:, None]  # (e, 3)
     # r_ij = pos[j] - pos[i] + shift  ->  F = -dE/dpos: +g at i, -g at j
@@ -93,7 +96,7 @@ def _update_backward(
     torch.mul(g_s, dot, out=g_a[:, hidden : 2 * hidden])  # d/d a_sv
     g_a[:, 2 * hidden :] = g_s  # d/d a_ss
     # a = M2 silu(h) + c2, h = M1 [s, norm] + c1
-    g_h = silu_backward(saved["pre"], g_a @ block.mlp_out.weight)
+    g_h = silu_backward(saved["sig"], saved["act"], g_a @ block.mlp_out.weight)
     g_in = g_h @ block.mlp_in.weight  # (n, 2F)
     g_norm_over = g_in[:, hidden:] / norm  # d/d(V v) of norm is (V v) / norm
     gs_asv = (g_s * a_sv)[:, None, :]  # (n, 1, F), gradient of dot = <U v, V v>
@@ -111,11 +114,11 @@ def _message_backward(
     keep: Intermediates,
     g_s: torch.Tensor,
     g_v: torch.Tensor,
-    g_basis: torch.Tensor,
+    g_filters: torch.Tensor,
     g_unit: torch.Tensor,
     need_input_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients at the message block's inputs; accumulates dE/dB (g_basis) and dE/du (g_unit).
+    """Gradients at the message block's inputs; accumulates dE/dW (g_filters) and dE/du.
 
     ``need_input_grad=False`` for the first block, whose inputs (embedding, v = 0) do not depend
     on positions: only the edge gradients are computed there.
@@ -134,7 +137,7 @@ def _message_backward(
     w = keep.filters[:, f_lo:f_hi]  # (e, 3F)
     n_edges = x.shape[0]
 
-    g_v_i = g_v[i]  # (e, 3, F)
+    g_v_i = g_v.index_select(0, i)  # (e, 3, F)
     g_x = torch.empty(n_edges, 3 * hidden, dtype=x.dtype, device=x.device)
     torch.index_select(g_s, 0, i, out=g_x[:, :hidden])  # d/d x_s
     if v_j is not None:
@@ -144,8 +147,11 @@ def _message_backward(
     torch.sum(g_v_i * unit[:, :, None], dim=1, out=g_x[:, 2 * hidden :])  # d/d x_vs
     g_unit += (g_v_i * x_vs[:, None, :]).sum(2)
 
-    # x = phi[j] * W: filter gradient -> basis gradient (fused over the three splits)
-    g_basis.addmm_(g_x * phi_j, model.filter_weight[f_lo:f_hi])
+    # x = phi[j] * W: filter gradient, written into this block's columns (shared: summed)
+    if cfg.shared_filters:
+        g_filters.addcmul_(g_x, phi_j)
+    else:
+        torch.mul(g_x, phi_j, out=g_filters[:, f_lo:f_hi])
 
     if not need_input_grad:
         return g_s, g_v
@@ -154,6 +160,6 @@ def _message_backward(
     g_phi = torch.zeros(g_s.shape[0], 3 * hidden, dtype=x.dtype, device=x.device)
     g_phi.index_add_(0, j, g_x * w)
     block = model.messages[t]
-    g_h = silu_backward(saved["pre"], g_phi @ block.phi_out.weight)
+    g_h = silu_backward(saved["sig"], saved["act"], g_phi @ block.phi_out.weight)
     g_s = g_s + g_h @ block.phi_in.weight
     return g_s, g_v

@@ -12,15 +12,22 @@ import torch
 from torch import nn
 
 
-def silu_backward(pre_activation: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-    """Gradient through ``SiLU(h) = h * sigmoid(h)``: ``grad * sig(h) * (1 + h * (1 - sig(h)))``.
-
-    Both arguments have the same shape; returns the gradient with respect to ``h``.
-    """
+def silu(pre_activation: torch.Tensor, keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``SiLU(h) = h * sigmoid(h)``; with ``keep`` also returns ``sigmoid(h)`` for the backward."""
+    if not keep:
+        return torch.nn.functional.silu(pre_activation), None
     sig = torch.sigmoid(pre_activation)
-    # sig * (1 + h * (1 - sig)) = sig + h * sig - h * sig^2 = sig + h*sig*(1 - sig)
-    hs = pre_activation * sig
-    return grad_output * torch.addcmul(sig, hs, 1.0 - sig)
+    return pre_activation * sig, sig
+
+
+def silu_backward(
+    sigmoid: torch.Tensor, activation: torch.Tensor, grad_output: torch.Tensor
+) -> torch.Tensor:
+    """Gradient through SiLU w.r.t. its input ``h``, from the saved ``sigmoid(h)`` and ``SiLU(h)``.
+
+    ``d SiLU / dh = sig (1 + h (1 - sig)) = sig + SiLU(h) (1 - sig)``. All shapes equal.
+    """
+    return grad_output * torch.addcmul(sigmoid, activation, 1.0 - sigmoid)
 
 
 class CosineCutoff(nn.Module):

@@ -21,12 +21,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from mlff_distiller import keys
 from mlff_distiller.data.batch import AtomsBatch
 from mlff_distiller.data.neighbors import edge_vectors, neighbor_list
-from mlff_distiller.models.layers import CosineCutoff, RadialBasis
+from mlff_distiller.models.layers import CosineCutoff, RadialBasis, silu
 
 ForceMethod = Literal["analytical", "autograd"]
 
@@ -97,7 +96,8 @@ class Intermediates:
     filters: torch.Tensor | None = None  # (e, T' * 3F), T' = 1 if shared else T
     message: list = field(default_factory=list)  # per block: dict of tensors
     update: list = field(default_factory=list)
-    readout_pre: torch.Tensor | None = None  # (n, F_readout)
+    readout_sig: torch.Tensor | None = None  # (n, F_readout) sigmoid of the pre-activation
+    readout_act: torch.Tensor | None = None  # (n, F_readout) SiLU of it
 
 
 class PaiNN(nn.Module):
@@ -208,13 +208,13 @@ class PaiNN(nn.Module):
         rbf, rbf_deriv = self.radial_basis.value_and_derivative(dist, derivative=keep is not None)
         fcut = self.cutoff_fn(dist)
         # basis = [f_c * rbf, f_c] so that basis @ W^T = (rbf @ W_rbf^T + b) * f_c in one matmul
-        basis = torch.cat([rbf, torch.ones_like(dist)[:, None]], dim=1) * fcut[:, None]
+        basis_raw = torch.cat([rbf, torch.ones_like(dist)[:, None]], dim=1)  # (e, n_rbf + 1)
+        basis = basis_raw * fcut[:, None]
         filters = basis @ self.filter_weight.t()  # (e, T' * 3F)
         if keep is not None:
             dfcut = self.cutoff_fn.derivative(dist)[:, None]
             deriv = torch.cat([rbf_deriv, torch.zeros_like(dist)[:, None]], dim=1)
-            ones_rbf = torch.cat([rbf, torch.ones_like(dist)[:, None]], dim=1)
-            keep.basis_deriv = deriv * fcut[:, None] + ones_rbf * dfcut
+            keep.basis_deriv = torch.addcmul(deriv * fcut[:, None], basis_raw, dfcut)
             keep.edge_index, keep.unit, keep.dist, keep.filters = edge_index, unit, dist, filters
 
         s = self.embedding(z)  # (n, F)
@@ -222,22 +222,28 @@ class PaiNN(nn.Module):
         for t in range(cfg.n_interactions):
             block = self.messages[t]
             w = filters if cfg.shared_filters else filters[:, 3 * hidden * t : 3 * hidden * (t + 1)]
-            h = block.phi_in(s)
-            phi = block.phi_out(F.silu(h))  # (n, 3F)
-            phi_j = phi[j]
+            act, sig = silu(block.phi_in(s), keep is not None)
+            phi = block.phi_out(act)  # (n, 3F)
+            phi_j = phi.index_select(0, j)
             x = phi_j * w  # (e, 3F)
             x_s, x_vv, x_vs = torch.split(x, hidden, dim=1)
             dv_edge = x_vs[:, None, :] * unit[:, :, None]  # (e, 3, F)
             if v is not None:
-                v_j = v[j]
-                dv_edge = dv_edge + x_vv[:, None, :] * v_j
+                v_j = v.index_select(0, j)
+                dv_edge = torch.addcmul(dv_edge, x_vv[:, None, :], v_j)
             ds = torch.zeros_like(s).index_add(0, i, x_s)
             dv = torch.zeros(n_atoms, 3, hidden, dtype=s.dtype, device=s.device).index_add(
                 0, i, dv_edge
             )
             if keep is not None:
                 keep.message.append(
-                    {"pre": h, "phi_j": phi_j, "x": x, "v_j": None if v is None else v_j}
+                    {
+                        "sig": sig,
+                        "act": act,
+                        "phi_j": phi_j,
+                        "x": x,
+                        "v_j": None if v is None else v_j,
+                    }
                 )
             s = s + ds
             v = dv if v is None else v + dv
@@ -246,20 +252,22 @@ class PaiNN(nn.Module):
             uv = upd.uv(v)  # (n, 3, 2F)
             u_v, v_v = uv[..., :hidden], uv[..., hidden:]
             norm = torch.sqrt(v_v.square().sum(1) + cfg.norm_eps)  # (n, F)
-            h = upd.mlp_in(torch.cat([s, norm], dim=1))
-            a = upd.mlp_out(F.silu(h))  # (n, 3F)
+            act, sig = silu(upd.mlp_in(torch.cat([s, norm], dim=1)), keep is not None)
+            a = upd.mlp_out(act)  # (n, 3F)
             a_vv, a_sv, a_ss = torch.split(a, hidden, dim=1)
             dot = (u_v * v_v).sum(1)  # (n, F)
             if keep is not None:
-                keep.update.append({"uv": uv, "norm": norm, "pre": h, "a": a, "dot": dot})
+                keep.update.append(
+                    {"uv": uv, "norm": norm, "sig": sig, "act": act, "a": a, "dot": dot}
+                )
             s = s + a_ss + a_sv * dot
             v = v + a_vv[:, None, :] * u_v
 
-        h = self.readout_in(s)
+        act, sig = silu(self.readout_in(s), keep is not None)
         if keep is not None:
-            keep.readout_pre = h
-        atom_energy = self.readout_out(F.silu(h)).squeeze(-1) * self.scale + self.shift
-        atom_energy = atom_energy + self.reference_energies.to(pos.dtype)[z]
+            keep.readout_sig, keep.readout_act = sig, act
+        atom_energy = self.readout_out(act).squeeze(-1) * self.scale + self.shift
+        atom_energy = atom_energy + self.reference_energies.to(pos.dtype).index_select(0, z)
         n_systems = batch.n_systems
         return torch.zeros(n_systems, dtype=pos.dtype, device=pos.device).index_add(
             0, batch.system_idx, atom_energy
