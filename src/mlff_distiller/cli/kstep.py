@@ -1,0 +1,230 @@
+"""``mlffd kstep dataset | train | run``: learned k-step jumps with a physics corrector."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from mlff_distiller.cli._common import console, user_errors
+
+kstep_app = typer.Typer(
+    help="k-step hybrid MD: windows from teacher trajectories, jump networks, hybrid runs.",
+    no_args_is_help=True,
+)
+
+
+@kstep_app.command("dataset")
+def dataset_command(
+    trajectories: list[Path] = typer.Argument(..., help="HDF5 trajectories from `mlffd sample`"),
+    out: Path = typer.Option(..., "--out", help="window file to write (HDF5)"),
+    k: list[int] = typer.Option([8], "--k", help="jump length(s) in MD steps; repeat for several"),
+    stride: int = typer.Option(1, help="frames between window starts"),
+    dt: float = typer.Option(0.0, help="MD time step in fs (0: read from the trajectory)"),
+    train_fraction: float = typer.Option(0.7, help="fraction of molecules for training"),
+    val_fraction: float = typer.Option(0.15, help="fraction of molecules for validation"),
+    test_molecule: list[str] = typer.Option([], help="force a molecule (by name) into test"),
+    seed: int = typer.Option(0, help="seed of the molecule split"),
+) -> None:
+    """Build (x_t, v_t) -> (x_t+k, v_t+k) windows, split by molecule."""
+    from mlff_distiller.kstep.dataset import build_windows
+
+    with user_errors():
+        test_fraction = 1.0 - train_fraction - val_fraction
+        mols = build_windows(
+            trajectories,
+            out,
+            ks=k,
+            stride=stride,
+            dt=dt or None,
+            fractions=(train_fraction, val_fraction, test_fraction),
+            seed=seed,
+            test_molecules=test_molecule,
+        )
+    for mol in mols.values():
+        console.print(f"{mol.name:24s} {mol.split:5s} {mol.n_windows:7d} windows")
+    console.print(f"wrote {out}")
+
+
+@kstep_app.command("train")
+def train_command(
+    windows: Path = typer.Argument(..., help="window file from `mlffd kstep dataset`"),
+    out: Path = typer.Option(Path("runs/kstep"), "--out", help="output directory"),
+    architecture: str = typer.Option("egnn", help="egnn or transformer_egnn"),
+    hidden: int = typer.Option(64, help="hidden scalar features"),
+    layers: int = typer.Option(4, help="message-passing layers"),
+    cutoff: float = typer.Option(7.0, help="graph cutoff, Å (0.7 nm in the design documents)"),
+    max_delta_x: float = typer.Option(2.5, help="bound of |delta x|, Å (QM: 0.1)"),
+    max_delta_v: float = typer.Option(0.2, help="bound of |delta v|, Å/fs"),
+    k: list[int] = typer.Option([], "--k", help="train only on these k (default: all)"),
+    epochs: int = typer.Option(20),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(1e-3, help="peak learning rate (AdamW)"),
+    warmup_steps: int = typer.Option(50),
+    accumulate: int = typer.Option(1, help="gradient accumulation steps"),
+    grad_clip: float = typer.Option(1.0),
+    augment: bool = typer.Option(True, help="random rotations of training windows"),
+    precision: str = typer.Option("auto", help="auto (bf16 on GPU), 32 or bf16"),
+    device: str = typer.Option("auto"),
+    init_from: Path = typer.Option(None, help="k-step model to fine-tune (MM -> QM transfer)"),
+    freeze_layers: int = typer.Option(0, help="with --init-from: freeze the first N layers"),
+    structural_weight: float = typer.Option(1.0, help="weight of the bond-length loss"),
+    resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train an EGNN / Transformer-EGNN jump network."""
+    from mlff_distiller.kstep.dataset import KStepWindows
+    from mlff_distiller.training.kstep_trainer import KStepTrainConfig, train_kstep
+
+    with user_errors():
+        config = KStepTrainConfig(
+            out_dir=str(out),
+            architecture=architecture,
+            model={
+                "hidden": hidden,
+                "n_layers": layers,
+                "cutoff": cutoff,
+                "max_delta_x": max_delta_x,
+                "max_delta_v": max_delta_v,
+            },
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_steps=warmup_steps,
+            accumulate=accumulate,
+            grad_clip=grad_clip,
+            precision=precision,
+            device=device,
+            seed=seed,
+            loss={"bond": structural_weight},
+            init_from=str(init_from) if init_from else None,
+            freeze_layers=freeze_layers,
+        )
+        ks = k or None
+        train = KStepWindows.from_file(windows, "train", augment_rotations=augment, ks=ks)
+        val = KStepWindows.from_file(windows, "val", ks=ks)
+        console.print(f"{len(train)} training and {len(val)} validation windows")
+        result = train_kstep(config, train, val, resume=resume, progress=True)
+    last = result.history[-1]
+    console.print(
+        f"epochs {result.epochs_done}: train loss {last['train_loss']:.4g}, best monitored "
+        f"loss {result.best_val_loss:.4g}; model in {result.best_model}"
+    )
+
+
+@kstep_app.command("run")
+def run_command(
+    model: Path = typer.Argument(..., help="saved k-step model directory"),
+    out: Path = typer.Option(..., "--out", help="HDF5 trajectory to write"),
+    smiles: str = typer.Option(None, help="molecule as SMILES (3D structure built by RDKit)"),
+    structure: Path = typer.Option(None, help="or a structure file / trajectory (.h5)"),
+    frame: int = typer.Option(-1, help="frame of an .h5 structure file to start from"),
+    corrector: str = typer.Option(
+        "openmm-gaff2", help="openmm-gaff2, openmm-amber14, xtb, student"
+    ),
+    student_model: Path = typer.Option(None, help="PaiNN student for --corrector student"),
+    k: int = typer.Option(8, help="MD steps per jump"),
+    dt: float = typer.Option(0.5, help="MD time step, fs"),
+    cycles: int = typer.Option(100, help="hybrid cycles (k + 1 steps each)"),
+    temperature: float = typer.Option(300.0, help="Maxwell-Boltzmann start velocities, K"),
+    fallback: str = typer.Option("physics", help="after the last retry: physics or stop"),
+    max_attempts: int = typer.Option(3, help="jump attempts (scales 1, 0.8, 0.64, ...)"),
+    compare: bool = typer.Option(False, help="also run plain MD and print the comparison"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Hybrid MD: network jumps over k steps + one velocity-Verlet corrector step."""
+    from ase.data import atomic_masses
+
+    from mlff_distiller.data.hdf5 import DatasetWriter
+    from mlff_distiller.kstep.correctors import make_corrector
+    from mlff_distiller.kstep.integrator import HybridConfig, HybridIntegrator, IntegrationError
+    from mlff_distiller.kstep.topology import molecule_topology
+    from mlff_distiller.models.io import load_model
+
+    with user_errors():
+        atoms, velocities = _start_state(smiles, structure, frame, temperature, seed)
+        net = load_model(model)
+        options = {"model": str(student_model)} if corrector == "student" else {}
+        if corrector == "openmm-gaff2" and smiles:
+            options["smiles"] = smiles
+        config = HybridConfig(k=k, dt=dt, fallback=fallback, max_attempts=max_attempts)
+        name = str(atoms.info.get("name") or atoms.get_chemical_formula())
+        topo = molecule_topology(name, atoms.numbers, atoms.positions, smiles)
+        masses = atomic_masses[atoms.numbers]
+
+        def fresh():
+            return make_corrector(corrector, atoms, **dict(options))
+
+        hybrid = HybridIntegrator(
+            net, fresh(), atoms.numbers, masses, topo.bonds, topo.bond_lengths, config
+        )
+        settings = {**asdict(config), "model": str(model)}
+        attrs = {"kstep": json.dumps(settings), "teacher": corrector}
+        with DatasetWriter(out, attrs=attrs) as writer:
+            try:
+                res = hybrid.run(
+                    atoms.positions, velocities, cycles, writer, molecule=name,
+                    smiles=smiles, progress=True,
+                )  # fmt: skip
+            except IntegrationError as err:
+                console.print(f"[red]{err}[/]")
+                res = err.result
+        summary = res.summary()
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+        console.print(
+            f"{res.cycles} cycles, {res.md_steps} MD steps, {res.force_calls} force calls "
+            f"({res.md_steps / max(res.force_calls, 1):.2f} steps per call), {res.retries} "
+            f"retries, {res.fallbacks} fallbacks; wrote {out}"
+        )
+        if compare:
+            from mlff_distiller.evaluation.kstep_eval import compare_hybrid_to_reference
+
+            cmp = compare_hybrid_to_reference(
+                net, fresh, atoms.numbers, masses, atoms.positions, velocities, topo, config,
+                cycles, molecule=name,
+            )  # fmt: skip
+            for key, value in cmp.to_dict().items():
+                console.print(f"{key:24s} {value}")
+
+
+def _start_state(smiles, structure, frame, temperature, seed):
+    """(atoms, velocities Å/fs): from a trajectory frame with velocities, else Maxwell-Boltzmann
+    at ``temperature`` with no net momentum or rotation."""
+    import numpy as np
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+
+    from mlff_distiller import keys, units
+
+    if (smiles is None) == (structure is None):
+        raise ValueError("give exactly one of --smiles or --structure")
+    velocities = None
+    if smiles is not None:
+        from mlff_distiller.data.structures import from_smiles
+
+        atoms = from_smiles(smiles, seed=seed)[0]
+    elif structure.suffix == ".h5":
+        from mlff_distiller.data.hdf5 import Dataset
+
+        with Dataset(structure) as ds:
+            arrays = ds.get_arrays(frame if frame >= 0 else len(ds) + frame)
+            atoms = ds[frame if frame >= 0 else len(ds) + frame]
+        if keys.VELOCITIES in arrays:
+            velocities = np.asarray(arrays[keys.VELOCITIES], dtype=float)
+    else:
+        from mlff_distiller.data.structures import read_structures
+
+        atoms = read_structures(structure, index=frame)[0]
+    if velocities is None:
+        MaxwellBoltzmannDistribution(
+            atoms, temperature_K=temperature, rng=np.random.default_rng(seed)
+        )
+        Stationary(atoms)
+        ZeroRotation(atoms)
+        velocities = units.velocities_ase_to_internal(atoms.get_velocities())
+    return atoms, velocities
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(kstep_app, name="kstep")

@@ -1,0 +1,124 @@
+"""Hybrid k-step MD against plain velocity-Verlet MD from the same start with the same kind of
+corrector: force calls, wall-clock (network time included), NVE energy drift, bond-length
+RMSE, distance-RDF difference and temperature."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from mlff_distiller.evaluation.observables import (
+    bond_length_rmse,
+    distance_rdf,
+    energy_drift,
+    rdf_difference,
+    temperature,
+)
+from mlff_distiller.kstep.correctors import Corrector
+from mlff_distiller.kstep.integrator import (
+    HybridConfig,
+    HybridIntegrator,
+    IntegrationError,
+    velocity_verlet_trajectory,
+)
+from mlff_distiller.kstep.topology import Topology
+
+
+@dataclass
+class KStepComparison:
+    """One hybrid-vs-reference comparison; drifts in kJ/mol/ps, times in s, T in K, Å."""
+
+    molecule: str
+    k: int
+    simulated_fs: float
+    hybrid_force_calls: int
+    reference_force_calls: int
+    force_call_ratio: float  # reference calls / hybrid calls for the same simulated time
+    hybrid_seconds: float
+    network_seconds: float
+    reference_seconds: float
+    speedup: float  # reference wall-clock / hybrid wall-clock (network time included)
+    hybrid_drift: float
+    reference_drift: float
+    bond_rmse: float
+    rdf_difference: float
+    hybrid_temperature: float
+    reference_temperature: float
+    retries: int
+    fallbacks: int
+    completed: bool  # False when the hybrid stopped with an IntegrationError
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_hybrid_to_reference(
+    model: torch.nn.Module,
+    make_corrector: Callable[[], Corrector],
+    atomic_numbers: np.ndarray,
+    masses: np.ndarray,
+    positions: np.ndarray,
+    velocities: np.ndarray,
+    topology: Topology,
+    config: HybridConfig,
+    n_cycles: int,
+    molecule: str = "",
+    device: str = "cpu",
+) -> KStepComparison:
+    """Run the hybrid for ``n_cycles`` cycles (``n_cycles (k + 1)`` MD steps) and the reference
+    for as many steps, each with a fresh corrector from ``make_corrector``."""
+    hybrid = HybridIntegrator(
+        model,
+        make_corrector(),
+        atomic_numbers,
+        masses,
+        topology.bonds,
+        topology.bond_lengths,
+        config,
+        device=device,
+    )
+    completed = True
+    try:
+        res = hybrid.run(positions, velocities, n_cycles)
+    except IntegrationError as err:
+        res, completed = err.result, False
+    n_steps = n_cycles * (config.k + 1)
+    ref, ref_stats = velocity_verlet_trajectory(
+        make_corrector(), positions, velocities, masses, config.dt, n_steps
+    )
+    hyb = res.arrays()
+    ref_calls_same_time = ref_stats["force_calls"] * (res.md_steps / max(n_steps, 1))
+    ref_seconds_same_time = ref_stats["wall_seconds"] * (res.md_steps / max(n_steps, 1))
+    n_dof = 3 * len(masses) - 6
+    return KStepComparison(
+        molecule=molecule,
+        k=config.k,
+        simulated_fs=res.md_steps * config.dt,
+        hybrid_force_calls=res.force_calls,
+        reference_force_calls=int(ref_stats["force_calls"]),
+        force_call_ratio=ref_calls_same_time / max(res.force_calls, 1),
+        hybrid_seconds=res.wall_seconds,
+        network_seconds=res.network_seconds,
+        reference_seconds=ref_stats["wall_seconds"],
+        speedup=ref_seconds_same_time / max(res.wall_seconds, 1e-12),
+        hybrid_drift=_drift(hyb),
+        reference_drift=_drift(ref),
+        bond_rmse=bond_length_rmse(hyb["positions"], ref["positions"], topology.bonds),
+        rdf_difference=rdf_difference(
+            distance_rdf(hyb["positions"]), distance_rdf(ref["positions"])
+        ),
+        hybrid_temperature=float(np.mean(temperature(hyb["velocities"], masses, n_dof))),
+        reference_temperature=float(np.mean(temperature(ref["velocities"], masses, n_dof))),
+        retries=res.retries,
+        fallbacks=res.fallbacks,
+        completed=completed,
+    )
+
+
+def _drift(frames: dict[str, np.ndarray]) -> float:
+    if len(frames["time"]) < 2:
+        return float("nan")
+    return energy_drift(frames["time"], frames["potential_energy"] + frames["kinetic_energy"])
