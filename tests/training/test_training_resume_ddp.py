@@ -38,9 +38,10 @@ def env() -> dict:
 def test_sigkill_then_resume_continues(ethanol_h5, tmp_path, val_curve):
     cfg = TrainConfig(data=str(ethanol_h5), out=str(tmp_path / "run"), max_epochs=30, **SMALL)
     last = Path(cfg.out) / "checkpoints" / "last.ckpt"
+    log = (tmp_path / "train.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlff_distiller.cli.main", "train", *cli_args(cfg)],
-        env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env(), stdout=log, stderr=subprocess.STDOUT,
     )
     killed_epoch = None
     deadline = time.monotonic() + 120
@@ -57,7 +58,8 @@ def test_sigkill_then_resume_continues(ethanol_h5, tmp_path, val_curve):
         if proc.poll() is None and killed_epoch is None:
             proc.kill()
         proc.wait()
-    assert killed_epoch is not None, f"ended before the kill: {proc.stderr.read()}"
+        log.close()
+    assert killed_epoch is not None, f"ended before the kill: {log.name}"
     assert proc.returncode == -signal.SIGKILL
     assert not (Path(cfg.out) / "model").exists()  # it never finished
     before = val_curve(Path(cfg.out))
