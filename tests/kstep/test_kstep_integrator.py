@@ -144,3 +144,45 @@ def test_make_corrector_openmm_native_matches_the_teacher():
     assert energy == pytest.approx(probe.get_potential_energy(), abs=1e-6)
     np.testing.assert_allclose(forces, probe.get_forces(), atol=1e-5)
     assert corrector.n_calls == 1
+
+
+def test_comparison_of_an_always_failing_hybrid_equals_the_reference(water):
+    """Every jump rejected -> the hybrid is plain velocity Verlet: identical observables."""
+    from mlff_distiller.evaluation.kstep_eval import compare_hybrid_to_reference
+
+    atoms, v = water
+    topo = build_topology(atoms.numbers, atoms.positions)
+    cmp = compare_hybrid_to_reference(
+        ScriptedJump(n_good=0),
+        lambda: CalculatorCorrector(atoms, get_teacher("xtb")),
+        atoms.numbers,
+        atoms.get_masses(),
+        atoms.positions,
+        v,
+        topo,
+        HybridConfig(k=2, dt=0.5),
+        n_cycles=4,
+    )
+    assert cmp.fallbacks == 4 and cmp.completed
+    assert cmp.force_call_ratio == pytest.approx(1.0)
+    assert cmp.hybrid_force_calls == cmp.reference_force_calls == 1 + 4 * 3
+    assert cmp.bond_rmse < 1e-9  # hybrid frames are every 3rd reference frame
+    assert cmp.hybrid_temperature > 0
+
+
+def test_student_corrector_matches_its_calculator(tmp_path):
+    from mlff_distiller.md.calculator import StudentCalculator
+    from mlff_distiller.models.io import save_model
+    from mlff_distiller.models.painn import PaiNN, PaiNNConfig
+
+    torch.manual_seed(0)
+    save_model(PaiNN(PaiNNConfig(hidden=8, n_interactions=1, n_rbf=4)), tmp_path / "student")
+    atoms = molecule("H2O")
+    corrector = make_corrector("student", atoms, model=str(tmp_path / "student"))
+    energy, forces = corrector.forces(atoms.positions + 0.01)
+    probe = atoms.copy()
+    probe.positions += 0.01
+    probe.calc = StudentCalculator(tmp_path / "student")
+    assert energy == pytest.approx(probe.get_potential_energy(), rel=1e-6)
+    np.testing.assert_allclose(forces, probe.get_forces(), rtol=1e-5, atol=1e-6)
+    assert corrector.n_calls == 1

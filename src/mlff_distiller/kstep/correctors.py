@@ -98,8 +98,4 @@ def _student_calculator(model_path: Path, **options: Any):
 
     if not model_path.exists():
         raise FileNotFoundError(f"student model {model_path} does not exist")
-    if hasattr(StudentCalculator, "from_file"):
-        return StudentCalculator.from_file(model_path, **options)
-    from mlff_distiller.models.io import load_model
-
-    return StudentCalculator(load_model(model_path), **options)
+    return StudentCalculator(model_path, **options)
