@@ -26,17 +26,21 @@ class ScriptedJump(torch.nn.Module):
     """A jump 'network' whose outputs are scripted: zero for the first ``n_good`` calls, then
     moving atom 0 by ``bad_dx`` Å along x (which stretches its bond far beyond 2x)."""
 
-    def __init__(self, n_good: int = 10**9, bad_dx: float = 5.0):
+    def __init__(self, n_good: int = 10**9, bad_dx: float = 5.0, with_forces: bool = False):
         super().__init__()
         self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.n_good, self.bad_dx, self.calls = n_good, bad_dx, 0
+        self.with_forces = with_forces
 
     def forward(self, inp):
         self.calls += 1
         dx = torch.zeros_like(inp.positions)
         if self.calls > self.n_good:
             dx[0, 0] = self.bad_dx
-        return {DELTA_POSITIONS: dx, DELTA_VELOCITIES: torch.zeros_like(inp.velocities)}
+        out = {DELTA_POSITIONS: dx, DELTA_VELOCITIES: torch.zeros_like(inp.velocities)}
+        if self.with_forces:
+            out["forces"] = inp.forces  # a force head that predicts "no change"
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +130,7 @@ def test_momentum_is_kept_by_the_jump(water, xtb):
     atoms, v = water
     v = v + np.array([0.002, -0.001, 0.0])  # a drifting molecule
     hybrid = _integrator(atoms, xtb, ScriptedJump(n_good=0, bad_dx=0.05), k=4, dt=0.5)
-    dx, dv = hybrid.predict(atoms.positions, v, np.zeros((3, 3)))
+    dx, dv, _ = hybrid.predict(atoms.positions, v, np.zeros((3, 3)))
     m = atoms.get_masses()[:, None]
     np.testing.assert_allclose((m * dv).sum(0), 0.0, atol=1e-12)
     v_com = (m * v).sum(0) / m.sum()
@@ -186,3 +190,28 @@ def test_student_corrector_matches_its_calculator(tmp_path):
     assert energy == pytest.approx(probe.get_potential_energy(), rel=1e-6)
     np.testing.assert_allclose(forces, probe.get_forces(), rtol=1e-5, atol=1e-6)
     assert corrector.n_calls == 1
+
+
+@pytest.mark.parametrize("predicted", [True, False])
+def test_force_head_saves_one_call_per_cycle(water, xtb, predicted):
+    atoms, v = water
+    model = ScriptedJump(n_good=0, bad_dx=0.002, with_forces=True)
+    hybrid = _integrator(atoms, xtb, model, k=2, dt=0.5, predicted_forces=predicted)
+    res = hybrid.run(atoms.positions, v, n_cycles=3)
+    assert res.retries == 0 and res.fallbacks == 0
+    assert res.force_calls == 1 + 3 * (1 if predicted else 2)
+
+
+def test_energy_rescale_conserves_total_energy(water, xtb):
+    from mlff_distiller.models.egnn import EGNNConfig, EGNNJump
+
+    atoms, v = water
+    torch.manual_seed(0)
+    ballistic = EGNNJump(EGNNConfig(hidden=8, n_layers=1, n_vectors=2))  # v tau + a tau^2 / 2
+    hybrid = _integrator(atoms, xtb, ballistic, k=2, dt=0.25, energy_rescale=True)
+    res = hybrid.run(atoms.positions, v, n_cycles=4)
+    total = np.array(res.potential_energy) + np.array(res.kinetic_energy)
+    assert res.fallbacks == 0
+    np.testing.assert_allclose(total, total[0], rtol=0, atol=1e-9)
+    momentum = (atoms.get_masses()[:, None] * res.velocities[-1]).sum(0)
+    np.testing.assert_allclose(momentum, 0.0, atol=1e-12)

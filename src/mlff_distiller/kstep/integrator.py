@@ -10,6 +10,17 @@ One cycle, from ``(x, v)`` with the forces ``f = F(x)`` known:
    when the jump is exactly zero) and no potential-energy jump above ``pe_jump_per_atom``.
 3. corrector: one velocity-Verlet step of length ``dt`` from ``(x', v', F(x'))`` (one call).
 
+Two options change the cost and the physics:
+
+- ``predicted_forces`` (models with a force head): the first half-kick of the corrector step uses
+  the network's forces at ``x'`` instead of a real call, so a cycle costs one real force call
+  (``F(x_{t+k+1})``) instead of two; retries always use real forces, and the potential-energy
+  check then compares ``E(x_{t+k+1})`` with ``E(x_t)``.
+- ``energy_rescale``: after the corrector step the internal (centre-of-mass-free) velocities are
+  scaled so that the total energy equals that at the cycle start (NVE by construction; a jump that
+  leaves too little kinetic energy is rejected). Off by default: it hides the network's energy
+  error from the drift measurement, so report it separately.
+
 A failed check retries the jump with ``s = 0.8, 0.64, ...`` (``scale_factor ** attempt``); when
 ``max_attempts`` are used up the cycle falls back to ``k`` plain velocity-Verlet steps
 (``fallback="physics"``) or raises :class:`IntegrationError` (``fallback="stop"``), after the
@@ -27,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlff_distiller import units
+from mlff_distiller import keys, units
 from mlff_distiller.kstep.correctors import Corrector
 from mlff_distiller.models.kstep_common import DELTA_POSITIONS, DELTA_VELOCITIES, KStepInput
 
@@ -53,6 +64,8 @@ class HybridConfig:
     bond_factor: float = 2.0
     ke_factor: float = 10.0
     pe_jump_per_atom: float = 0.1  # eV per atom between E(x) and E(x')
+    predicted_forces: bool = True  # use the model's force head (if any) for the first half-kick
+    energy_rescale: bool = False
     keep_momentum: bool = True
     save_every: int = 1  # cycles between written frames
 
@@ -182,8 +195,11 @@ class HybridIntegrator:
         )
 
     # ------------------------------------------------------------------ pieces
-    def predict(self, x: np.ndarray, v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Network jump ``(dx (n, 3) Å, dv (n, 3) Å/fs)`` from the state at the cycle start."""
+    def predict(
+        self, x: np.ndarray, v: np.ndarray, f: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Network jump ``(dx (n, 3) Å, dv (n, 3) Å/fs, forces at x + dx (n, 3) eV/Å or None)``
+        from the state at the cycle start."""
 
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(a, dtype=self.dtype, device=self.device)
@@ -200,13 +216,17 @@ class HybridIntegrator:
             out = self.model(inp)
         dx = out[DELTA_POSITIONS].detach().cpu().double().numpy()
         dv = out[DELTA_VELOCITIES].detach().cpu().double().numpy()
+        f_pred = None
+        if self.config.predicted_forces and keys.FORCES in out:
+            f_pred = out[keys.FORCES].detach().cpu().double().numpy()
+            f_pred = f_pred - f_pred.mean(0)  # no net force on an isolated molecule
         if self.config.keep_momentum:
             w = self.masses[:, None] / self.masses.sum()
             tau = self.config.k * self.config.dt
             v_com = (w * v).sum(0)
             dx = dx - (w * dx).sum(0) + v_com * tau
             dv = dv - (w * dv).sum(0)
-        return dx, dv
+        return dx, dv, f_pred
 
     def geometry_problem(self, x: np.ndarray, v: np.ndarray, ke_mean: float) -> str | None:
         """Why the jumped state is rejected before any force call, or None."""
@@ -283,7 +303,7 @@ class HybridIntegrator:
             cycles = track(cycles, description="k-step hybrid MD")
         for cycle in cycles:
             t0 = time.perf_counter()
-            dx, dv = self.predict(x, v, f)
+            dx, dv, f_pred = self.predict(x, v, f)
             res.network_seconds += time.perf_counter() - t0
             res.network_calls += 1
             accepted = None
@@ -292,7 +312,9 @@ class HybridIntegrator:
                 res.attempt_scales.append(scale)
                 if attempt:
                     res.retries += 1
-                reason, accepted = self._try_jump(x, v, e, f, scale * dx, scale * dv, ke_mean)
+                reason, accepted = self._try_jump(
+                    x, v, e, f, scale * dx, scale * dv, ke_mean, f_pred if attempt == 0 else None
+                )
                 if reason is None:
                     break
                 res.failures[reason] = res.failures.get(reason, 0) + 1
@@ -319,23 +341,45 @@ class HybridIntegrator:
             save((cycle + 1) % cfg.save_every == 0)
         return finish()
 
-    def _try_jump(self, x, v, e, f, dx, dv, ke_mean):
+    def _try_jump(self, x, v, e, f, dx, dv, ke_mean, f_pred=None):
         """One jump attempt + corrector step: ``(reason, None)`` or ``(None, (x, v, f, e))``."""
         cfg = self.config
+        n = len(x)
         xj, vj = x + dx, v + dv
         reason = self.geometry_problem(xj, vj, ke_mean)
         if reason is not None:
             return reason, None
         if np.array_equal(xj, x):
-            ej, fj = e, f  # a zero jump: the forces at x are known
+            fj = f  # a zero jump: the forces at x are known
+        elif f_pred is not None:
+            fj = f_pred  # the network's forces at x': one real call per cycle
         else:
             ej, fj = self.forces(xj)
-            if not np.isfinite(ej) or abs(ej - e) > cfg.pe_jump_per_atom * len(x):
+            if not np.isfinite(ej) or abs(ej - e) > cfg.pe_jump_per_atom * n:
                 return "potential_energy", None
         x1, v1, f1, e1 = velocity_verlet_step(xj, vj, fj, self.masses, cfg.dt, self.forces)
         if not (np.isfinite(e1) and np.all(np.isfinite(x1)) and np.all(np.isfinite(v1))):
             return "nan", None
+        if abs(e1 - e) > cfg.pe_jump_per_atom * n:
+            return "potential_energy", None
+        if cfg.energy_rescale:
+            v1 = self._rescale_to_energy(v1, e + kinetic_energy(v, self.masses) - e1)
+            if v1 is None:
+                return "potential_energy", None
         return None, (x1, v1, f1, e1)
+
+    def _rescale_to_energy(self, v: np.ndarray, kinetic_target: float) -> np.ndarray | None:
+        """Scale the centre-of-mass-free velocities so the kinetic energy is ``kinetic_target``
+        (eV); None when that is impossible (the jump landed too high in potential energy)."""
+        w = self.masses[:, None] / self.masses.sum()
+        v_com = (w * v).sum(0)
+        internal = v - v_com
+        ke_com = kinetic_energy(np.broadcast_to(v_com, v.shape), self.masses)
+        ke_int = kinetic_energy(internal, self.masses)
+        wanted = kinetic_target - ke_com
+        if wanted <= 0 or ke_int <= 0:
+            return None
+        return v_com + internal * np.sqrt(wanted / ke_int)
 
 
 def velocity_verlet_trajectory(

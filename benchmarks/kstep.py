@@ -1,0 +1,195 @@
+"""k-step hybrid MD benchmark: a small EGNN trained on MM (OpenMM GAFF2) trajectories of a few
+small molecules, run on held-out molecules under MM and (after MM -> QM fine-tuning) under xTB,
+with k = 4, 8, 12, next to plain velocity-Verlet MD from the same start with the same corrector.
+
+Prints per (molecule, corrector, k): force-call ratio (reference calls / hybrid calls for the
+same simulated time) and that ratio over k, wall-clock speed-up (network time included), NVE
+energy drift of hybrid and reference (kJ/mol/ps), bond-length RMSE of the time-averaged bond
+lengths (Å), distance-RDF difference (total variation, 0..1), mean temperatures, retries and
+fallbacks.
+
+    python benchmarks/kstep.py            # ~10 minutes on a 2-core CPU
+    python benchmarks/kstep.py --quick    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.data import atomic_masses
+
+from mlff_distiller.data.hdf5 import Dataset
+from mlff_distiller.data.structures import from_smiles
+from mlff_distiller.evaluation.kstep_eval import compare_hybrid_to_reference
+from mlff_distiller.kstep.correctors import make_corrector
+from mlff_distiller.kstep.dataset import KStepWindows, build_windows
+from mlff_distiller.kstep.integrator import HybridConfig
+from mlff_distiller.kstep.topology import molecule_topology
+from mlff_distiller.models.io import load_model
+from mlff_distiller.teachers import get_teacher
+from mlff_distiller.teachers.sampling import SamplingConfig, sample
+from mlff_distiller.training.kstep_trainer import KStepTrainConfig, train_kstep
+
+MM_TRAIN = {
+    "ethanol": "CCO",
+    "propane": "CCC",
+    "acetone": "CC(=O)C",
+    "methylamine": "CN",
+    "acetic_acid": "CC(=O)O",
+    "dimethyl_ether": "COC",
+    "propanal": "CCC=O",
+}
+MM_TEST = {"isopropanol": "CC(C)O", "acetaldehyde": "CC=O"}
+QM_TRAIN = {"ethanol": "CCO", "methylamine": "CN"}
+QM_TEST = {"dimethyl_ether_qm": "COC"}  # never in QM training; seen only as MM data
+KS = (4, 8, 12)
+DT = 0.5  # fs, no constraints: the hybrid's velocity-Verlet corrector is unconstrained
+
+
+def sample_all(molecules, teacher_name, out_dir, cfg) -> dict[str, Path]:
+    paths = {}
+    for name, smiles in molecules.items():
+        path = out_dir / f"{teacher_name}_{name}.h5"
+        if not path.exists():
+            atoms = from_smiles(smiles, name=name)[0]
+            options = {"smiles": smiles} if teacher_name.startswith("openmm") else {}
+            sample(get_teacher(teacher_name, **options), atoms, path, cfg)
+        paths[name] = path
+    return paths
+
+
+def start_state(path: Path):
+    with Dataset(path) as ds:
+        arrays = ds.get_arrays(len(ds) - 1)
+        atoms = ds[len(ds) - 1]
+    return atoms, np.asarray(arrays["velocities"], dtype=float)
+
+
+def evaluate(model, teacher, molecules, paths, cycles_fs, rows, label):
+    for name, smiles in molecules.items():
+        atoms, velocities = start_state(paths[name])
+        topo = molecule_topology(f"bench-{name}", atoms.numbers, atoms.positions, smiles)
+        masses = atomic_masses[atoms.numbers]
+        options = {"smiles": smiles} if teacher.startswith("openmm") else {}
+        for k in KS:
+            n_cycles = max(int(cycles_fs / ((k + 1) * DT)), 2)
+            t0 = time.perf_counter()
+            cmp = compare_hybrid_to_reference(
+                model,
+                lambda: make_corrector(teacher, atoms, **options),  # noqa: B023
+                atoms.numbers,
+                masses,
+                atoms.positions,
+                velocities,
+                topo,
+                HybridConfig(k=k, dt=DT),
+                n_cycles,
+                molecule=name,
+            )
+            rows.append((label, cmp))
+            print(f"  {name} {label} k={k}: {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def print_table(rows) -> None:
+    head = (
+        f"| {'molecule':17s} | corr. | {'k':>2s} | calls ref/hyb | ratio/k | speed-up | "
+        f"drift hyb | drift ref | bond RMSE | RDF diff | T hyb | T ref | retry/fallb |"
+    )
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    for label, c in rows:
+        print(
+            f"| {c.molecule:17s} | {label:5s} | {c.k:2d} | {c.force_call_ratio:13.2f} | "
+            f"{c.force_call_ratio / c.k:7.2f} | {c.speedup:8.2f} | {c.hybrid_drift:9.3f} | "
+            f"{c.reference_drift:9.3f} | {c.bond_rmse:9.4f} | {c.rdf_difference:8.3f} | "
+            f"{c.hybrid_temperature:5.0f} | {c.reference_temperature:5.0f} | "
+            f"{c.retries:4d}/{c.fallbacks:<6d} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mlffd_kstep_bench"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    quick = args.quick
+    mm_cfg = SamplingConfig(
+        dt_fs=DT,
+        friction_per_ps=0.1,
+        equilibration_fs=200.0 if quick else 1000.0,
+        production_fs=400.0 if quick else 3000.0,
+        save_every=1,
+        constraints="none",
+    )
+    qm_cfg = SamplingConfig(
+        dt_fs=DT,
+        friction_per_ps=0.1,
+        equilibration_fs=50.0 if quick else 200.0,
+        production_fs=100.0 if quick else 600.0,
+        save_every=1,
+        constraints="none",
+    )
+    t0 = time.perf_counter()
+    print("sampling MM (OpenMM GAFF2) and QM (GFN2-xTB) reference trajectories ...", flush=True)
+    mm_paths = sample_all({**MM_TRAIN, **MM_TEST}, "openmm-gaff2", work, mm_cfg)
+    qm_paths = sample_all({**QM_TRAIN, **QM_TEST}, "xtb", work, qm_cfg)
+    print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+
+    mm_windows = work / "mm_windows.h5"
+    build_windows(
+        list(mm_paths.values()), mm_windows, ks=KS, stride=8 if not quick else 20,
+        fractions=(0.8, 0.1, 0.1), test_molecules=list(MM_TEST),
+    )  # fmt: skip
+    train = KStepWindows.from_file(mm_windows, "train", augment_rotations=True)
+    val = KStepWindows.from_file(mm_windows, "val")
+    model_cfg = {"hidden": 48, "n_layers": 3, "n_vectors": 8, "cutoff": 7.0, "max_delta_x": 2.5}
+    epochs = 1 if quick else args.epochs
+    t0 = time.perf_counter()
+    print(f"training EGNN on {len(train)} MM windows ({len(val)} val), {epochs} epochs ...")
+    mm = train_kstep(
+        KStepTrainConfig(
+            out_dir=str(work / "mm_model"), model=model_cfg, epochs=epochs, batch_size=32,
+            lr=2e-3, warmup_steps=50,
+        ),
+        train, val, progress=True,
+    )  # fmt: skip
+    print(f"  {time.perf_counter() - t0:.0f} s; last epoch {mm.history[-1]}", flush=True)
+
+    qm_windows = work / "qm_windows.h5"
+    build_windows(
+        list(qm_paths.values()), qm_windows, ks=KS, stride=4, fractions=(1.0, 0.0, 0.0),
+        test_molecules=list(QM_TEST),
+    )  # fmt: skip
+    qm_train = KStepWindows.from_file(qm_windows, "train", augment_rotations=True)
+    t0 = time.perf_counter()
+    print(f"fine-tuning MM -> QM on {len(qm_train)} xTB windows (first layer frozen) ...")
+    qm = train_kstep(
+        KStepTrainConfig(
+            out_dir=str(work / "qm_model"), model=model_cfg, epochs=max(epochs // 2, 1),
+            batch_size=32, lr=5e-4, warmup_steps=10, init_from=str(mm.best_model),
+            freeze_layers=1,
+        ),
+        qm_train, progress=True,
+    )  # fmt: skip
+    print(f"  {time.perf_counter() - t0:.0f} s; last epoch {qm.history[-1]}", flush=True)
+
+    rows: list = []
+    print("hybrid vs reference ...", flush=True)
+    evaluate(load_model(mm.best_model), "openmm-gaff2", MM_TEST, mm_paths, 100 if quick else 1000,
+             rows, "MM")  # fmt: skip
+    evaluate(load_model(qm.best_model), "xtb", QM_TEST, qm_paths, 30 if quick else 300, rows, "xTB")
+    print()
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
