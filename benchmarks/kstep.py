@@ -6,7 +6,10 @@ Prints per (molecule, corrector, k): force-call ratio (reference calls / hybrid 
 same simulated time) and that ratio over k, wall-clock speed-up (network time included), NVE
 energy drift of hybrid and reference (kJ/mol/ps), bond-length RMSE of the time-averaged bond
 lengths (Å), distance-RDF difference (total variation, 0..1), mean temperatures, retries and
-fallbacks.
+fallbacks. Modes: ``2call`` real forces at both ends of the corrector step (two calls per
+cycle); ``1call`` the force head's forces for the first half-kick (one call per cycle);
+``1c+resc`` the same plus the NVE energy rescale (total energy conserved by construction, so its
+drift is not a measurement of the network).
 
     python benchmarks/kstep.py            # ~10 minutes on a 2-core CPU
     python benchmarks/kstep.py --quick    # a smoke run
@@ -69,13 +72,20 @@ def start_state(path: Path):
     return atoms, np.asarray(arrays["velocities"], dtype=float)
 
 
+MODES = {  # label -> HybridConfig options
+    "2call": {"predicted_forces": False},
+    "1call": {"predicted_forces": True},
+    "1c+resc": {"predicted_forces": True, "energy_rescale": True},
+}
+
+
 def evaluate(model, teacher, molecules, paths, cycles_fs, rows, label):
     for name, smiles in molecules.items():
         atoms, velocities = start_state(paths[name])
         topo = molecule_topology(f"bench-{name}", atoms.numbers, atoms.positions, smiles)
         masses = atomic_masses[atoms.numbers]
         options = {"smiles": smiles} if teacher.startswith("openmm") else {}
-        for k in KS:
+        for k, mode in ((k, mode) for k in KS for mode in MODES):
             n_cycles = max(int(cycles_fs / ((k + 1) * DT)), 2)
             t0 = time.perf_counter()
             cmp = compare_hybrid_to_reference(
@@ -86,25 +96,26 @@ def evaluate(model, teacher, molecules, paths, cycles_fs, rows, label):
                 atoms.positions,
                 velocities,
                 topo,
-                HybridConfig(k=k, dt=DT),
+                HybridConfig(k=k, dt=DT, **MODES[mode]),
                 n_cycles,
                 molecule=name,
             )
-            rows.append((label, cmp))
-            print(f"  {name} {label} k={k}: {time.perf_counter() - t0:.1f} s", flush=True)
+            rows.append((label, mode, cmp))
+            print(f"  {name} {label} k={k} {mode}: {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def print_table(rows) -> None:
     head = (
-        f"| {'molecule':17s} | corr. | {'k':>2s} | calls ref/hyb | ratio/k | speed-up | "
-        f"drift hyb | drift ref | bond RMSE | RDF diff | T hyb | T ref | retry/fallb |"
+        f"| {'molecule':17s} | corr. | {'mode':7s} | {'k':>2s} | calls ref/hyb | ratio/k | "
+        f"speed-up | drift hyb | drift ref | bond RMSE | RDF diff | T hyb | T ref | retry/fallb |"
     )
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-    for label, c in rows:
+    for label, mode, c in rows:
         print(
-            f"| {c.molecule:17s} | {label:5s} | {c.k:2d} | {c.force_call_ratio:13.2f} | "
-            f"{c.force_call_ratio / c.k:7.2f} | {c.speedup:8.2f} | {c.hybrid_drift:9.3f} | "
+            f"| {c.molecule:17s} | {label:5s} | {mode:7s} | {c.k:2d} | "
+            f"{c.force_call_ratio:13.2f} | {c.force_call_ratio / c.k:7.2f} | {c.speedup:8.2f} | "
+            f"{c.hybrid_drift:9.3f} | "
             f"{c.reference_drift:9.3f} | {c.bond_rmse:9.4f} | {c.rdf_difference:8.3f} | "
             f"{c.hybrid_temperature:5.0f} | {c.reference_temperature:5.0f} | "
             f"{c.retries:4d}/{c.fallbacks:<6d} |"
@@ -151,14 +162,22 @@ def main() -> None:
     )  # fmt: skip
     train = KStepWindows.from_file(mm_windows, "train", augment_rotations=True)
     val = KStepWindows.from_file(mm_windows, "val")
-    model_cfg = {"hidden": 48, "n_layers": 3, "n_vectors": 8, "cutoff": 7.0, "max_delta_x": 2.5}
+    model_cfg = {
+        "hidden": 48,
+        "n_layers": 3,
+        "n_vectors": 8,
+        "cutoff": 7.0,
+        "max_delta_x": 2.5,
+        "force_head": True,
+    }
+    loss = {"force": 0.01}
     epochs = 1 if quick else args.epochs
     t0 = time.perf_counter()
     print(f"training EGNN on {len(train)} MM windows ({len(val)} val), {epochs} epochs ...")
     mm = train_kstep(
         KStepTrainConfig(
             out_dir=str(work / "mm_model"), model=model_cfg, epochs=epochs, batch_size=32,
-            lr=2e-3, warmup_steps=50,
+            lr=2e-3, warmup_steps=50, loss=loss,
         ),
         train, val, progress=True,
     )  # fmt: skip
@@ -176,7 +195,7 @@ def main() -> None:
         KStepTrainConfig(
             out_dir=str(work / "qm_model"), model=model_cfg, epochs=max(epochs // 2, 1),
             batch_size=32, lr=5e-4, warmup_steps=10, init_from=str(mm.best_model),
-            freeze_layers=1,
+            freeze_layers=1, loss=loss,
         ),
         qm_train, progress=True,
     )  # fmt: skip
