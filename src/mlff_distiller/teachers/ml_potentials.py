@@ -25,19 +25,15 @@ from mlff_distiller.teachers.base import (
 MOLECULE_BOX_A = 30.0  # edge of the cubic box a non-periodic molecule is put in for CHGNet/Orb
 
 
-def boxed(atoms: Atoms, box: float = MOLECULE_BOX_A) -> Atoms:
-    """A copy of a non-periodic molecule centred in a periodic cubic box of edge ``box`` Å
-    (energies and forces are translation invariant; the box keeps images far apart)."""
+def boxed(atoms: Atoms, box: float = MOLECULE_BOX_A, margin: float = 10.0) -> Atoms:
+    """A copy of a non-periodic molecule centred in a periodic cubic box of edge ``box`` Å,
+    enlarged to ``extent + margin`` for big molecules so that periodic images stay farther
+    apart than the models' cutoffs (energies and forces are translation invariant)."""
     work = atoms.copy()
     if work.pbc.any():
         return work
-    extent = np.ptp(work.positions, axis=0).max() if len(work) else 0.0
-    if extent > box - 12.0:
-        raise ValueError(
-            f"molecule {work.get_chemical_formula()} spans {extent:.1f} Å, too large for the "
-            f"{box:.0f} Å box: give it a cell or use box=... larger"
-        )
-    work.cell = np.eye(3) * box
+    extent = float(np.ptp(work.positions, axis=0).max()) if len(work) else 0.0
+    work.cell = np.eye(3) * max(box, extent + margin)
     work.pbc = True
     work.center()
     return work
