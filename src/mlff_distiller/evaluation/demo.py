@@ -1,0 +1,418 @@
+"""The end-to-end demo: SMILES -> teacher MD -> distilled PaiNN student -> held-out accuracy ->
+1 ps of student MD through its ASE calculator -> a markdown report with plots.
+
+Every stage is a real run (no cached results). The held-out test frames are the last
+``test_fraction`` of each molecule's teacher trajectory (later in time than any training frame);
+training and validation frames are drawn from the earlier part. Output in ``out``::
+
+    structures/, teacher_md/     teacher trajectories (HDF5), one per molecule
+    train.h5, test.h5            the pooled training and held-out frames
+    train/                       the training run (checkpoints, logs, model/)
+    eval/                        metrics.json, parity plots
+    student_md/                  student NVE trajectories (extxyz) and md_energy.png
+    report.md, report.json       the summary
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mlff_distiller import units
+
+DEFAULT_MOLECULES = {
+    "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
+    "paracetamol": "CC(=O)Nc1ccc(O)cc1",
+}
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``mlffd demo`` (the defaults finish in under 10 minutes on 2 CPU cores)."""
+
+    smiles: list[str] = field(default_factory=lambda: list(DEFAULT_MOLECULES.values()))
+    names: list[str] = field(default_factory=lambda: list(DEFAULT_MOLECULES))
+    teacher: str = "xtb"
+    temperature_k: float = 400.0
+    equilibration_fs: float = 100.0
+    sample_fs: float = 800.0
+    save_every: int = 4
+    test_fraction: float = 0.2
+    train_minutes: float = 4.0
+    max_epochs: int = 400
+    hidden: int = 64
+    n_interactions: int = 3
+    md_fs: float = 1000.0
+    md_dt_fs: float = 0.5
+    md_temperature_k: float = 300.0
+    seed: int = 0
+    out: str = "mlffd_demo"
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.smiles:
+            raise ValueError("give at least one SMILES")
+        if len(self.names) != len(self.smiles):
+            self.names = [f"mol{i}" for i in range(len(self.smiles))]
+        if not 0.0 < self.test_fraction < 0.9:
+            raise ValueError(f"test_fraction must be in (0, 0.9), got {self.test_fraction}")
+        for name in ("sample_fs", "train_minutes", "md_fs", "md_dt_fs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+Say = Callable[[str], None]
+
+
+# ------------------------------------------------------------------ stage 1: teacher MD
+def sample_teacher(cfg: DemoConfig, out: Path, say: Say) -> list[Path]:
+    """Teacher NVT MD of every molecule; returns the trajectory files (failed ones dropped)."""
+    from rich.progress import Progress
+
+    from mlff_distiller.data.structures import from_smiles
+    from mlff_distiller.teachers import get_teacher
+    from mlff_distiller.teachers.registry import teacher_spec
+    from mlff_distiller.teachers.sampling import SamplingConfig, sample_many, total_steps
+
+    molecules = [
+        from_smiles(s, seed=cfg.seed, name=n)[0] for s, n in zip(cfg.smiles, cfg.names, strict=True)
+    ]
+    sampling = SamplingConfig(
+        temperature_k=cfg.temperature_k,
+        equilibration_fs=cfg.equilibration_fs,
+        production_fs=cfg.sample_fs,
+        save_every=cfg.save_every,
+        seed=cfg.seed,
+    )
+    kind = teacher_spec(cfg.teacher).kind if ":" not in cfg.teacher else "ml"
+    steps = total_steps(sampling, kind) * len(molecules)
+    with Progress(disable=not cfg.progress_bar, transient=False) as progress:
+        task = progress.add_task(f"teacher MD ({cfg.teacher})", total=steps)
+        results = sample_many(
+            lambda atoms: get_teacher(cfg.teacher),
+            molecules,
+            out / "teacher_md",
+            sampling,
+            on_steps=lambda n: progress.advance(task, n),
+        )
+    paths = []
+    for res in results:
+        if res.ok:
+            paths.append(res.path)
+        else:
+            say(f"[red]teacher MD of {res.name} failed:[/] {res.error}")
+    if not paths:
+        raise RuntimeError("teacher MD failed for every molecule; see the messages above")
+    return paths
+
+
+def split_trajectories(
+    paths: list[Path], test_fraction: float, train_path: Path, test_path: Path
+) -> dict[str, dict[str, int]]:
+    """Pool the trajectories into ``train_path`` (earlier frames) and ``test_path`` (the last
+    ``test_fraction`` of every trajectory). Returns frame counts per molecule."""
+    from mlff_distiller.data.hdf5 import Dataset, DatasetWriter
+
+    counts = {}
+    with DatasetWriter(train_path, flush_every=1000) as train, DatasetWriter(
+        test_path, flush_every=1000
+    ) as test:
+        for path in paths:
+            with Dataset(path) as ds:
+                n = len(ds)
+                n_test = max(1, int(round(test_fraction * n)))
+                name = ds.molecule_names[0] if ds.molecule_names else path.stem
+                for i in range(n):
+                    (test if i >= n - n_test else train).append(ds[i], molecule=name)
+                counts[name] = {"train_pool": n - n_test, "test": n_test}
+    return counts
+
+
+# ------------------------------------------------------------------ stage 3: student MD
+def student_md(
+    model_path: Path, test_path: Path, cfg: DemoConfig, out: Path, say: Say
+) -> dict[str, dict]:
+    """NVE MD of each molecule with the student calculator, started from its first held-out
+    frame with fresh Maxwell-Boltzmann velocities; the teacher re-scores 10 frames of it."""
+    from ase.io import write
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.verlet import VelocityVerlet
+    from rich.progress import Progress
+
+    from mlff_distiller.data.hdf5 import Dataset
+    from mlff_distiller.md.calculator import StudentCalculator
+    from mlff_distiller.teachers import get_teacher
+
+    out.mkdir(parents=True, exist_ok=True)
+    calc = StudentCalculator(model_path, forces="analytical")
+    teacher = get_teacher(cfg.teacher)
+    n_steps = int(round(cfg.md_fs / cfg.md_dt_fs))
+    record_every = max(n_steps // 200, 1)
+    with Dataset(test_path) as ds:
+        starts = {}
+        for i in range(len(ds)):
+            starts.setdefault(int(ds.molecule_ids[i]), (ds.molecule_names, i))
+        first_frames = {names[mid]: ds[i] for mid, (names, i) in starts.items()}
+    results = {}
+    with Progress(disable=not cfg.progress_bar) as progress:
+        for name, atoms in first_frames.items():
+            task = progress.add_task(f"student NVE {name}", total=n_steps)
+            atoms = atoms.copy()
+            atoms.calc = calc
+            rng = np.random.default_rng(cfg.seed)
+            MaxwellBoltzmannDistribution(atoms, temperature_K=cfg.md_temperature_k, rng=rng)
+            Stationary(atoms)
+            dyn = VelocityVerlet(atoms, timestep=cfg.md_dt_fs * units.ASE_TIME_PER_FS)
+            times, e_tot, e_pot, temps, frames = [], [], [], [], []
+
+            def record(atoms=atoms, dyn=dyn, times=times, e_tot=e_tot, e_pot=e_pot, temps=temps,
+                       frames=frames):
+                epot = atoms.get_potential_energy()
+                ekin = atoms.get_kinetic_energy()
+                times.append(dyn.nsteps * cfg.md_dt_fs)
+                e_pot.append(epot)
+                e_tot.append(epot + ekin)
+                temps.append(atoms.get_temperature())
+                frames.append(atoms.copy())
+
+            dyn.attach(record, interval=record_every)
+            dyn.attach(lambda task=task: progress.advance(task, 1), interval=1)
+            t0 = time.perf_counter()
+            dyn.run(n_steps)
+            wall = time.perf_counter() - t0
+            write(out / f"{name}.extxyz", frames)
+            # teacher check on 10 frames of the student's own trajectory
+            pick = np.linspace(0, len(frames) - 1, min(10, len(frames))).astype(int)
+            errs = []
+            for k in pick:
+                a = frames[k].copy()
+                a.calc = teacher
+                f_teacher = a.get_forces()
+                a.calc = calc
+                errs.append(np.abs(a.get_forces() - f_teacher).mean())
+            e_tot = np.asarray(e_tot)
+            drift = np.polyfit(np.asarray(times) / 1000.0, e_tot, 1)[0] / len(atoms)
+            results[name] = {
+                "n_atoms": len(atoms),
+                "length_fs": n_steps * cfg.md_dt_fs,
+                "steps": n_steps,
+                "wall_s": wall,
+                "ms_per_step": wall / n_steps * 1000.0,
+                "mean_temperature_k": float(np.mean(temps)),
+                "energy_drift_mev_per_atom_per_ps": float(drift * 1000.0),
+                "energy_fluctuation_mev_per_atom": float(np.std(e_tot) / len(atoms) * 1000.0),
+                "teacher_force_mae_on_student_md_mev_per_a": float(np.mean(errs) * 1000.0),
+                "curve": {"time_fs": times, "total_ev": e_tot.tolist(), "potential_ev": e_pot},
+            }
+            say(f"student MD {name}: {n_steps} steps in {wall:.1f} s")
+    _plot_md(results, out / "md_energy.png")
+    return results
+
+
+def _plot_md(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    for name, r in results.items():
+        c = r["curve"]
+        t = np.asarray(c["time_fs"])
+        ax.plot(t, np.asarray(c["total_ev"]) - c["total_ev"][0], label=f"{name} total")
+        ax.plot(t, np.asarray(c["potential_ev"]) - c["total_ev"][0], lw=0.6, alpha=0.6,
+                label=f"{name} potential")
+    ax.set_xlabel("time (fs)")
+    ax.set_ylabel("energy - E_total(0) (eV)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_training_curve(train_dir: Path, path: Path) -> None:
+    """Validation force MAE and energy MAE per epoch from the run's CSV logs."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs, forces, energies = [], [], []
+    for log in sorted(train_dir.glob("logs/version_*/metrics.csv")):
+        with log.open() as fh:
+            for row in csv.DictReader(fh):
+                if row.get("val_force_mae"):
+                    epochs.append(int(row["epoch"]))
+                    forces.append(float(row["val_force_mae"]))
+                    energies.append(float(row["val_energy_mae"]))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.semilogy(epochs, forces, label="val force MAE (meV/Å)")
+    ax.semilogy(epochs, energies, label="val energy MAE (meV/atom)")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ the whole demo
+def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
+    """Run every stage; returns the report dict (also written to ``out/report.json``)."""
+    from mlff_distiller.evaluation.report import evaluate_student
+    from mlff_distiller.training.config import TrainConfig
+    from mlff_distiller.training.trainer import train
+
+    say = say or print
+    out = Path(cfg.out)
+    for stale in ("teacher_md", "train", "eval", "student_md"):  # a demo always starts fresh
+        shutil.rmtree(out / stale, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = {}
+    t0 = time.perf_counter()
+
+    say(f"[bold]1/4[/] teacher MD with {cfg.teacher} for {len(cfg.smiles)} molecule(s)")
+    paths = sample_teacher(cfg, out, say)
+    frames = split_trajectories(paths, cfg.test_fraction, out / "train.h5", out / "test.h5")
+    clock["teacher_md_s"] = time.perf_counter() - t0
+
+    say(f"[bold]2/4[/] distilling a PaiNN student ({cfg.train_minutes:g} min budget)")
+    t1 = time.perf_counter()
+    train_cfg = TrainConfig(
+        data=str(out / "train.h5"),
+        train_size=0.9,
+        val_size=0.1,
+        hidden=cfg.hidden,
+        n_interactions=cfg.n_interactions,
+        lr=2e-3,
+        warmup_steps=50,
+        schedule="plateau",
+        plateau_patience=5,
+        patience=40,
+        ema_decay=0.99,
+        batch_size=8,
+        max_epochs=cfg.max_epochs,
+        max_time_min=cfg.train_minutes,
+        seed=cfg.seed,
+        out=str(out / "train"),
+        progress_bar=cfg.progress_bar,
+    )
+    result = train(train_cfg)
+    clock["training_s"] = time.perf_counter() - t1
+    plot_training_curve(out / "train", out / "training_curve.png")
+
+    say("[bold]3/4[/] evaluating on held-out teacher frames")
+    t2 = time.perf_counter()
+    metrics = evaluate_student(
+        result.model_path, out / "test.h5", out / "eval", teacher=cfg.teacher,
+        max_teacher_frames=20, progress=say,
+    )
+    clock["evaluation_s"] = time.perf_counter() - t2
+
+    say(f"[bold]4/4[/] {cfg.md_fs:g} fs of student NVE MD through the ASE calculator")
+    t3 = time.perf_counter()
+    md = student_md(Path(result.model_path), out / "test.h5", cfg, out / "student_md", say)
+    clock["student_md_s"] = time.perf_counter() - t3
+    clock["total_s"] = time.perf_counter() - t0
+
+    report = {
+        "config": asdict(cfg),
+        "frames": frames,
+        "training": result.to_dict(),
+        "evaluation": metrics,
+        "student_md": {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in md.items()},
+        "wall_clock": clock,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(render_report(report))
+    return report
+
+
+def render_report(report: dict) -> str:
+    """The markdown report of a demo run."""
+    from mlff_distiller.evaluation.report import format_summary
+
+    cfg, tr, ev = report["config"], report["training"], report["evaluation"]
+    lines = [
+        "# mlff_distiller demo",
+        "",
+        f"Teacher **{cfg['teacher']}**, molecules: "
+        + ", ".join(f"{n} (`{s}`)" for n, s in zip(cfg["names"], cfg["smiles"], strict=True)),
+        f"Teacher NVT MD at {cfg['temperature_k']:g} K, {cfg['sample_fs']:g} fs per molecule, "
+        f"a frame every {cfg['save_every']} steps; the last {cfg['test_fraction']:.0%} of each "
+        "trajectory is held out for testing.",
+        "",
+        "| molecule | training+validation frames | held-out test frames |",
+        "|---|---|---|",
+    ]
+    for name, c in report["frames"].items():
+        lines.append(f"| {name} | {c['train_pool']} | {c['test']} |")
+    lines += [
+        "",
+        "## Training",
+        f"PaiNN (hidden {cfg['hidden']}, {cfg['n_interactions']} interactions), "
+        f"{tr['n_train']} training / {tr['n_val']} validation frames, {tr['epochs']} epochs "
+        f"({tr['global_step']} steps) in {tr['wall_s']:.0f} s, stopped by {tr['stopped_by']}. "
+        f"Best validation force MAE {tr['best_val_force_mae']:.1f} meV/Å.",
+        "",
+        "![training curve](training_curve.png)",
+        "",
+        "## Accuracy on held-out teacher frames",
+        format_summary(ev),
+        "",
+        "Per molecule (student vs held-out labels):",
+        "",
+        "| molecule | energy MAE (meV/atom) | force MAE (meV/Å) | force cosine |",
+        "|---|---|---|---|",
+    ]
+    for name, m in ev["student_vs_labels"]["per_molecule"].items():
+        lines.append(
+            f"| {name} | {m['energy_mae_mev_per_atom']:.2f} | {m['force_mae_mev_per_a']:.1f} "
+            f"| {m['force_cosine']:.4f} |"
+        )
+    lines += [
+        "",
+        "Per element:",
+        "",
+        "| element | atoms | force MAE (meV/Å) | force RMSE (meV/Å) |",
+        "|---|---|---|---|",
+    ]
+    for el, m in ev["student_vs_labels"]["per_element"].items():
+        lines.append(
+            f"| {el} | {m['n_atoms']} | {m['force_mae_mev_per_a']:.1f} "
+            f"| {m['force_rmse_mev_per_a']:.1f} |"
+        )
+    lines += [
+        "",
+        "![energy parity](eval/parity_energy.png) ![force parity](eval/parity_forces.png)",
+        "",
+        "## Student MD (NVE, analytical forces, ASE VelocityVerlet)",
+        "",
+        "| molecule | length (fs) | ms/step | mean T (K) | drift (meV/atom/ps) "
+        "| teacher force MAE on student frames (meV/Å) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in report["student_md"].items():
+        lines.append(
+            f"| {name} | {m['length_fs']:g} | {m['ms_per_step']:.2f} "
+            f"| {m['mean_temperature_k']:.0f} | {m['energy_drift_mev_per_atom_per_ps']:.3f} "
+            f"| {m['teacher_force_mae_on_student_md_mev_per_a']:.1f} |"
+        )
+    clock = report["wall_clock"]
+    lines += [
+        "",
+        "![student MD energy](student_md/md_energy.png)",
+        "",
+        "## Wall clock",
+        "",
+        " | ".join(f"{k.removesuffix('_s')}: {v:.0f} s" for k, v in clock.items()),
+        "",
+    ]
+    return "\n".join(lines)
