@@ -77,15 +77,26 @@ def test_orb_v2_without_weights_says_how_to_get_them(monkeypatch):
 
 @pytest.mark.skipif(not HAS_ORB, reason="orb-models is not installed (it pins rich<14)")
 def test_orb_v2_adapter_loads_a_weights_file(tmp_path, ethanol):
+    """The untrained orb_v2_architecture's weights, saved by the test, load through the
+    teacher and give the same energy and forces as the network they came from."""
     import torch
+    from orb_models.forcefield.calculator import ORBCalculator
 
-    from mlff_distiller.teachers.ml_potentials import load_orb_v2
+    from mlff_distiller.teachers.ml_potentials import boxed, load_orb_v2
 
-    untrained = get_teacher("orb-v2", untrained=True)
+    torch.manual_seed(0)
+    network = load_orb_v2(None, untrained=True).eval()
     path = tmp_path / "orb-v2.pt"
-    torch.save(load_orb_v2(None, untrained=True).state_dict(), path)
-    loaded = get_teacher("orb-v2", weights=str(path))
-    a, b = ethanol.copy(), ethanol.copy()
-    a.calc, b.calc = untrained, loaded
+    torch.save(network.state_dict(), path)
+    teacher = get_teacher("orb-v2", weights=str(path))
+    a = ethanol.copy()
+    a.calc = teacher
+    ref = boxed(ethanol)
+    ref.calc = ORBCalculator(network, device="cpu")
     assert np.isfinite(a.get_potential_energy())
-    np.testing.assert_allclose(b.get_forces(), b.get_forces())
+    assert a.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(a.get_forces(), ref.get_forces(), atol=1e-5)
+    bad = tmp_path / "bad.pt"
+    torch.save({"w": torch.zeros(3)}, bad)
+    with pytest.raises(ValueError, match="not an Orb-v2 state dict"):
+        get_teacher("orb-v2", weights=str(bad))

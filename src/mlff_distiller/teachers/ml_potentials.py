@@ -30,6 +30,7 @@ def boxed(atoms: Atoms, box: float = MOLECULE_BOX_A, margin: float = 10.0) -> At
     enlarged to ``extent + margin`` for big molecules so that periodic images stay farther
     apart than the models' cutoffs (energies and forces are translation invariant)."""
     work = atoms.copy()
+    work.info = {}  # e.g. orb-models asserts on a "charge" without a "spin"
     if work.pbc.any():
         return work
     extent = float(np.ptp(work.positions, axis=0).max()) if len(work) else 0.0
@@ -156,7 +157,12 @@ def load_orb_v2(weights: str | Path | None, device: str = "cpu", untrained: bool
             "teacher 'orb-v2' needs orb-models: pip install orb-models (see ENVIRONMENT notes: "
             "it wants rich<14 and filelock<4)"
         ) from err
-    model = pretrained.orb_v2_architecture(device=device)
+    from orb_models.forcefield.atomic_system import SystemConfig
+
+    # the published Orb-v2: 6 Å radius, 20 neighbours (as orb_models.pretrained.orb_v2)
+    model = pretrained.orb_v2_architecture(
+        device=device, system_config=SystemConfig(radius=6.0, max_num_neighbors=20)
+    )
     if untrained:
         return model
     weights = weights or os.environ.get(ORB_WEIGHTS_ENV)
@@ -168,11 +174,15 @@ def load_orb_v2(weights: str | Path | None, device: str = "cpu", untrained: bool
     state = torch.load(path, map_location=device, weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    state = {k.removeprefix("model."): v for k, v in state.items()}
+    if not isinstance(state, dict):
+        raise ValueError(f"'{path}' holds a {type(state).__name__}, not an Orb-v2 state dict")
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"'{path}' is not an Orb-v2 state dict: {err}") from err
+    except RuntimeError as first:
+        try:  # a checkpoint whose keys carry one extra "model." prefix
+            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+        except RuntimeError:
+            raise ValueError(f"'{path}' is not an Orb-v2 state dict: {first}") from first
     return model.eval()
 
 
@@ -183,7 +193,8 @@ def make_orb_v2(
     box: float = MOLECULE_BOX_A,
     threads: int | None = None,
 ):
-    """``orb-v2``: Orb-v2 from a local ``weights`` file (see :data:`ORB_HOW_TO`)."""
+    """``orb-v2``: Orb-v2 from a local ``weights`` file (see :data:`ORB_HOW_TO`). Orb-v2 is a
+    direct-force model: its forces are predicted, not the gradient of its energy."""
     _torch_threads(threads)
     model = load_orb_v2(weights, device=device, untrained=untrained)
     from orb_models.forcefield.calculator import ORBCalculator
