@@ -36,6 +36,8 @@ def test_warmup_cosine_values():
     assert lam(9) == pytest.approx(0.1 + 0.9 * 0.5)  # half way
     assert lam(14) == pytest.approx(0.1)
     assert lam(100) == pytest.approx(0.1)
+    assert lam(5, progress_floor=0.5) == pytest.approx(0.1 + 0.9 * 0.5)  # time budget half spent
+    assert lam(9, progress_floor=0.2) == pytest.approx(0.1 + 0.9 * 0.5)  # steps ahead of time
 
 
 def test_ema_update_by_hand():

@@ -206,7 +206,7 @@ def evaluate_student(
 ) -> dict:
     """Evaluate the saved student at ``model_path`` on the dataset ``data_path``.
 
-    ``split``: a stored split of the dataset to evaluate on (e.g. ``"test"``), else all frames.
+    ``split``: a stored split part to evaluate on (``"test"`` or ``"NAME:PART"``), else all frames.
     ``teacher``: a registry name; the teacher then labels up to ``max_teacher_frames`` frames
     live, the student is scored against it too, and both are timed on the first structure.
     Returns the dict written to ``out/metrics.json``.
@@ -271,11 +271,16 @@ def evaluate_student(
     return result
 
 
-def stored_split(dataset, name: str) -> np.ndarray:
-    """Indices of the stored split ``name`` ('train', 'val' or 'test') of ``dataset``."""
+def stored_split(dataset, split: str) -> np.ndarray:
+    """Indices of a stored split part: ``"test"`` (of the split named ``default``) or
+    ``"NAME:PART"``."""
     from mlff_distiller.data.splits import load_split
 
-    return np.asarray(load_split(dataset.path, name))
+    name, _, part = split.rpartition(":")
+    parts = load_split(dataset.path, name or "default")
+    if part not in parts:
+        raise ValueError(f"split part {part!r} unknown: choose one of {sorted(parts)}")
+    return np.asarray(parts[part])
 
 
 def format_summary(result: dict) -> str:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from mlff_distiller import keys
 from mlff_distiller.data.batch import AtomsBatch
 from mlff_distiller.data.hdf5 import Dataset
+from mlff_distiller.data.splits import make_split
 from mlff_distiller.models.reference import (
     fit_reference_energies,
     fit_scale_shift,
@@ -121,14 +122,21 @@ class HDF5DataModule(L.LightningDataModule):
 
 
 def split_indices(dataset: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) structure indices of ``dataset`` by frame or by molecule, seeded."""
-    n = len(dataset)
-    rng = np.random.default_rng(config.seed)
-    perm = rng.permutation(n)
-    n_train = _count(config.train_size, n)
-    n_val = _count(config.val_size, n)
-    return np.sort(perm[:n_train]), np.sort(perm[n_train : n_train + n_val])
+    """(train, val) structure indices of ``dataset`` by frame or by molecule, seeded.
 
-
-def _count(size: float, n: int) -> int:
-    return int(size) if size >= 1 else int(round(size * n))
+    Sizes below 1 are fractions, from 1 up counts (of structures, or of molecules when
+    splitting by molecule).
+    """
+    fractions = (config.train_size, config.val_size, 0.0)
+    if max(fractions) >= 1 and min(config.train_size, config.val_size) < 1:
+        raise ValueError(
+            f"train_size={config.train_size} and val_size={config.val_size}: give both as "
+            "fractions (< 1) or both as counts (>= 1)"
+        )
+    split = make_split(dataset, by=config.split, fractions=fractions, seed=config.seed)
+    if len(split["train"]) == 0 or len(split["val"]) == 0:
+        raise ValueError(
+            f"split of '{dataset.path}' by {config.split} gives {len(split['train'])} training "
+            f"and {len(split['val'])} validation structures; both must be non-empty"
+        )
+    return split["train"], split["val"]

@@ -79,11 +79,30 @@ class DistillationModule(L.LightningModule):
         return parts["loss"]
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # warm-up for the plateau schedule (the cosine schedule includes its own warm-up)
-        if self.config.schedule == "plateau" and self.global_step < self.config.warmup_steps:
-            scale = (self.global_step + 1) / self.config.warmup_steps
+        cfg = self.config
+        scale = None
+        if cfg.schedule == "plateau" and self.global_step < cfg.warmup_steps:
+            scale = (self.global_step + 1) / cfg.warmup_steps  # warm-up before the plateau rule
+        elif cfg.schedule == "cosine" and cfg.max_time_min > 0:
+            # with a wall-clock budget the cosine runs on max(step fraction, time fraction), so
+            # that the learning rate has decayed when the budget ends, whichever comes first
+            lam = warmup_cosine(cfg.warmup_steps, self._total_steps(), cfg.min_lr_ratio)
+            scale = lam(self.global_step, progress_floor=self._time_fraction())
+        if scale is not None:
             for group in self.optimizers().param_groups:
-                group["lr"] = self.config.lr * scale
+                group["lr"] = cfg.lr * scale
+
+    def _total_steps(self) -> int:
+        return max(int(self.trainer.estimated_stepping_batches), 1)
+
+    def _time_fraction(self) -> float:
+        """Fraction of the wall-clock budget spent (Lightning's Timer survives a resume)."""
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
+        if timer is None:
+            return 0.0
+        return timer.time_elapsed("train") / (self.config.max_time_min * 60.0)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
@@ -140,8 +159,9 @@ class DistillationModule(L.LightningModule):
                     "frequency": cfg.val_every_n_epochs,
                 },
             }
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        lam = warmup_cosine(cfg.warmup_steps, total, cfg.min_lr_ratio)
+        if cfg.max_time_min > 0:  # time-aware cosine, set per step in on_train_batch_start
+            return optimizer
+        lam = warmup_cosine(cfg.warmup_steps, self._total_steps(), cfg.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
         return {
             "optimizer": optimizer,
@@ -151,14 +171,15 @@ class DistillationModule(L.LightningModule):
 
 class warmup_cosine:  # noqa: N801 (a picklable function object)
     """LR factor at step t: linear warm-up over ``warmup`` steps, then a cosine from 1 down to
-    ``min_ratio`` at step ``total``."""
+    ``min_ratio`` at step ``total`` (or earlier: ``progress_floor`` in [0, 1] is a lower bound
+    on the cosine's progress, e.g. the fraction of a time budget already spent)."""
 
     def __init__(self, warmup: int, total: int, min_ratio: float):
         self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int, progress_floor: float = 0.0) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
         span = max(self.total - self.warmup, 1)
-        progress = min((step - self.warmup) / span, 1.0)
+        progress = min(max((step - self.warmup) / span, progress_floor), 1.0)
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -3,6 +3,7 @@
 Output directory layout (``config.out``)::
 
     config.yaml              the full config of the run
+    split.json               the structure indices of the training and validation split
     checkpoints/last.ckpt    written atomically after every validation (``--resume`` reads it)
     checkpoints/best.ckpt    lowest validation force MAE so far
     logs/version_k/          CSV metrics;  tb/version_k/  TensorBoard events
@@ -224,6 +225,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "config.yaml")
+        split = {"train": datamodule.train_indices.tolist(), "val": datamodule.val_indices.tolist()}
+        (out / "split.json").write_text(json.dumps(split))
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
