@@ -163,14 +163,17 @@ def open_h5_for_reading(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset file not found: {path}")
-    errors = []
-    for kwargs in ({}, {"swmr": True}):
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        message = str(err)
+    if "already open for write" in message:  # being written, or its writer was killed
         try:
-            return h5py.File(path, "r", **kwargs)
+            return h5py.File(path, "r", swmr=True)
         except OSError as err:
-            errors.append(str(err))
+            message = str(err)
     raise DatasetError(
-        f"{path}: cannot open as HDF5 (the file is truncated, corrupt or not HDF5): {errors[-1]}"
+        f"{path}: cannot open as HDF5 (the file is truncated, corrupt or not HDF5): {message}"
     )
 
 

@@ -260,13 +260,15 @@ def validate_atoms(
     (n_atoms, 3) and cell are finite; no two atoms closer than ``min_distance`` Å
     (minimum image for periodic cells).
     """
-    label = name or atoms.info.get(keys.NAME) or atoms.get_chemical_formula() or "structure"
+    label = name or atoms.info.get(keys.NAME) or "structure"
     if len(atoms) == 0:
         raise StructureError(f"{label}: structure has no atoms")
     numbers = np.asarray(atoms.numbers)
     bad_z = sorted({int(z) for z in numbers if z < 1 or z >= len(chemical_symbols)})
     if bad_z:
         raise StructureError(f"{label}: unknown atomic number(s) {bad_z}")
+    if label == "structure":
+        label = atoms.get_chemical_formula()
     if supported_elements is not None:
         allowed = _as_numbers(supported_elements)
         missing = sorted({int(z) for z in numbers} - allowed)
