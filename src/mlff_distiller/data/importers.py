@@ -51,6 +51,8 @@ class DataImportError(ValueError):
 def detect_format(path: str | Path) -> str:
     """Guess the format of ``path`` from its suffix and (for npz) its keys."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"import source not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
