@@ -209,10 +209,10 @@ def label_dataset(
     out_path = Path(out_path)
     src = Dataset(input_path)
     n_input = len(src)
-    n_out = 0
+    n_out, old_attrs = 0, {}
     if out_path.exists():
         with Dataset(out_path) as ds:
-            n_out = len(ds)
+            n_out, old_attrs = len(ds), ds.attrs
     failures = read_failures(out_path) if out_path.exists() else []
     if not out_path.exists() and failures_path(out_path).exists():
         failures_path(out_path).unlink()
@@ -232,6 +232,8 @@ def label_dataset(
 
     def open_writer(attrs: dict) -> None:
         nonlocal writer
+        if n_out:
+            _check_same_teacher(out_path, old_attrs, attrs)
         mode = "a" if out_path.exists() and n_out else "w"
         writer = DatasetWriter(out_path, mode=mode, attrs={**base_attrs, **attrs})
 
@@ -260,6 +262,18 @@ def label_dataset(
         src.close()
     _store_failures(out_path, read_failures(out_path), n_input)
     return summary
+
+
+def _check_same_teacher(out_path: Path, old: dict, new: dict) -> None:
+    """Refuse to resume a file that another teacher (or other settings) started."""
+    old_settings = old.get("teacher_settings")
+    new_settings = json.loads(new["teacher_settings"])
+    if old.get("teacher") != new["teacher"] or old_settings != new_settings:
+        raise ValueError(
+            f"'{out_path}' was labelled by teacher '{old.get('teacher')}' with settings "
+            f"{old_settings}; resuming it with '{new['teacher']}' {new_settings} would mix "
+            "teachers: choose a new --out or the same teacher and options"
+        )
 
 
 def _chunks(src, start: int, stop: int, size: int) -> Iterator[list[dict]]:
