@@ -33,8 +33,9 @@ from mlff_distiller.data.schema import (
 class Dataset:
     """Read-only, lazy view of an HDF5 dataset file.
 
-    Per-atom data (positions, forces, ...) is always read on demand; per-structure fields
-    (cell, pbc, energy, ...) are kept in memory when they take less than ``cache_mib`` MiB.
+    Coordinates, forces and velocities are always read on demand; per-structure fields
+    (cell, pbc, energy, ...) and atomic numbers are kept in memory while they take less than
+    ``cache_mib`` MiB (about 100 bytes per structure plus 4 per atom).
 
     ``len(ds)`` structures; ``ds[i]`` -> ``ase.Atoms`` (labels on a SinglePointCalculator);
     ``ds[a:b]`` -> list; ``ds.get_arrays(i)`` -> dict of numpy arrays;
@@ -96,17 +97,22 @@ class Dataset:
         return self._len
 
     def _fill_cache(self) -> None:
-        """Keep per-structure fields (cell, pbc, energy, ...: ~100 bytes per structure) in
-        memory when together they take less than ``cache_mib``; per-atom data stays on disk."""
+        """Keep per-structure fields (cell, pbc, energy, ...: ~100 bytes per structure) and
+        then the atomic numbers (4 bytes per atom) in memory while together they take less
+        than ``cache_mib``; coordinates, forces and velocities always stay on disk."""
         self._cache = {}
+        budget = self.cache_mib * 2**20
         per_structure = {k: ds for k, ds in self._datasets.items() if not FIELDS[k].per_atom}
         row_bytes = sum(
             ds.dtype.itemsize * int(np.prod(ds.shape[1:])) for ds in per_structure.values()
         )
-        if self._len * row_bytes > self.cache_mib * 2**20:
+        if self._len * row_bytes > budget:
             return
         for key, ds in per_structure.items():
             self._cache[key] = ds[: self._len]
+        z = self._datasets[keys.ATOMIC_NUMBERS]
+        if self._len * row_bytes + self.n_atoms_total * z.dtype.itemsize <= budget:
+            self._cache[keys.ATOMIC_NUMBERS] = z[: self.n_atoms_total]
 
     # ------------------------------------------------------------------ basics
 
@@ -165,7 +171,8 @@ class Dataset:
         out: dict = {}
         for key, ds in self._datasets.items():
             if key in self._cache:
-                out[key] = self._cache[key][i].copy()
+                cached = self._cache[key]
+                out[key] = (cached[a:b] if FIELDS[key].per_atom else cached[i]).copy()
                 continue
             value = ds[a:b] if FIELDS[key].per_atom else ds[i]
             out[key] = np.asarray(value)
@@ -269,7 +276,13 @@ class Dataset:
         struct_runs = _merge_runs(uniq, uniq + 1)
         wanted = [keys.ATOMIC_NUMBERS, keys.POSITIONS, keys.CELL, keys.PBC, *fields]
         sorted_data = {}
+        atom_rows_sorted = None
         for key in dict.fromkeys(wanted):
+            if key in self._cache and FIELDS[key].per_atom:
+                if atom_rows_sorted is None:
+                    atom_rows_sorted = _ranges(*atom_runs)
+                sorted_data[key] = self._cache[key][atom_rows_sorted]
+                continue
             if key in self._cache:
                 sorted_data[key] = self._cache[key][uniq]
                 continue
@@ -332,9 +345,11 @@ def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, e)`` for every pair (vectorised)."""
     lengths = stops - starts
     total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
     steps = np.ones(total, dtype=np.int64)
     ends = np.cumsum(lengths)[:-1]
-    steps[0] = starts[0] if total else 0
+    steps[0] = starts[0]
     if len(ends):
         steps[ends] = starts[1:] - stops[:-1] + 1
     return np.cumsum(steps)

@@ -34,7 +34,7 @@ from mlff_distiller.data.schema import (
     open_h5_for_reading,
 )
 
-ATOM_CHUNK_ROWS = 4096
+ATOM_CHUNK_ROWS = 1024
 STRUCTURE_CHUNK_ROWS = 1024
 MAX_PENDING_ATOMS = 1_000_000
 
