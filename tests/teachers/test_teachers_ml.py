@@ -75,7 +75,7 @@ def test_orb_v2_without_weights_says_how_to_get_them(monkeypatch):
         get_teacher("orb-v2")
 
 
-@pytest.mark.skipif(not HAS_ORB, reason="orb-models is not installed (it pins rich<14)")
+@pytest.mark.skipif(not HAS_ORB, reason="orb-models is not installed (pip install -e .[orb])")
 def test_orb_v2_adapter_loads_a_weights_file(tmp_path, ethanol):
     """The untrained orb_v2_architecture's weights, saved by the test, load through the
     teacher and give the same energy and forces as the network they came from."""
