@@ -95,3 +95,21 @@ def test_kill_9_leaves_readable_file_then_resume(tmp_path, flush_every):
     with Dataset(path) as ds:
         _check_frames(ds, n + 1)
         assert ds.molecule_names[:4] == ["m0", "m1", "m2", "m3"]
+
+
+def test_killed_before_first_frame_is_empty_and_resumable(tmp_path):
+    path = tmp_path / "early.h5"
+    code = (
+        "import os, sys\n"
+        "from mlff_distiller.data.hdf5 import DatasetWriter\n"
+        "w = DatasetWriter(sys.argv[1], attrs={'teacher': 'x'})\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)])
+    assert proc.returncode == -signal.SIGKILL and path.exists()
+    with Dataset(path) as ds:
+        assert len(ds) == 0
+    with DatasetWriter(path, mode="a", attrs={"teacher": "x"}) as w:
+        assert len(w) == 0
+        w.append_frame([8, 1, 1], [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], energy=-1.0)
+    assert validate(path)["n_structures"] == 1

@@ -24,6 +24,7 @@ from mlff_distiller.data.schema import (
     MOLECULES,
     STRUCTURES,
     DatasetError,
+    UncommittedFileError,
     committed_counts,
     decode_attr,
     open_h5_for_reading,
@@ -47,7 +48,11 @@ class Dataset:
         self.path = Path(path)
         self.cache_mib = float(cache_mib)
         self._cache: dict[str, np.ndarray] = {}
-        self._h5 = _open_shared(self.path)
+        try:
+            self._h5 = _open_shared(self.path)
+        except UncommittedFileError:
+            self._empty()
+            return
         if f"{STRUCTURES}/n_atoms" not in self._h5:
             fmt = decode_attr(self._h5.attrs.get("format", ""))
             _close_shared(self._h5)

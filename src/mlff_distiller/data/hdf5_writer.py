@@ -27,6 +27,7 @@ from mlff_distiller.data.schema import (
     N_ATOMS_TOTAL_ATTR,
     N_STRUCTURES_ATTR,
     DatasetError,
+    UncommittedFileError,
     committed_counts,
     decode_attr,
     default_root_attrs,
@@ -43,9 +44,10 @@ class DatasetWriter:
     """Append structures (and labels, trajectory data) to an HDF5 file.
 
     ``mode="w"`` creates/overwrites, ``mode="a"`` appends (repairing a file left by a killed
-    writer). ``attrs`` are root attributes (``teacher``, ``teacher_settings``, ...; dicts are
-    stored as JSON). Every ``flush_every`` frames are committed together; ``close()`` (or
-    leaving the ``with`` block) commits the rest.
+    writer; one killed before its first commit holds no frames and is started afresh).
+    ``attrs`` are root attributes (``teacher``, ``teacher_settings``, ...; dicts are stored as
+    JSON). Every ``flush_every`` frames are committed together; ``close()`` (or leaving the
+    ``with`` block) commits the rest.
 
     The first committed frame fixes which optional datasets (energy, forces, stress,
     velocities, time, ...) the file has; later frames must carry the same fields.
@@ -71,9 +73,11 @@ class DatasetWriter:
         self._molecules: dict[str, int] = {}
         self._fields: set[str] | None = None  # optional fields, fixed at the first frame
         self._swmr = False
+        self._h5 = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if mode == "a" and self.path.exists():
             self._h5 = _open_for_append(self.path)
+        if self._h5 is not None:
             self._load_state()
         else:
             self._h5 = h5py.File(self.path, "w", libver="latest")
@@ -395,7 +399,11 @@ def _open_for_append(path: Path):
     try:
         h5 = h5py.File(path, "a", libver="latest")
     except OSError:
-        repair(path)
+        try:
+            repair(path)
+        except UncommittedFileError:  # killed before its first frame: nothing to keep
+            path.unlink()
+            return None
         return h5py.File(path, "a", libver="latest")
     if _has_uncommitted_tail(h5):
         h5.close()

@@ -51,6 +51,11 @@ class DatasetError(ValueError):
     """An HDF5 dataset file that is malformed, truncated or inconsistent; says where."""
 
 
+class UncommittedFileError(DatasetError):
+    """A file whose writer was killed before it committed its first frame: it holds no frames
+    (readers see an empty dataset; ``DatasetWriter(mode="a")`` starts it afresh)."""
+
+
 @dataclass(frozen=True)
 class Field:
     """One HDF5 dataset of the schema: ``group/name``, per atom or per structure."""
@@ -172,6 +177,10 @@ def open_h5_for_reading(path: str | Path):
             return h5py.File(path, "r", swmr=True)
         except OSError as err:
             message = str(err)
+        if "not already open for SWMR writing" in message:
+            raise UncommittedFileError(
+                f"{path}: its writer stopped before committing a frame; it holds no frames"
+            )
     raise DatasetError(
         f"{path}: cannot open as HDF5 (the file is truncated, corrupt or not HDF5): {message}"
     )
