@@ -105,6 +105,16 @@ def test_get_batch_equals_one_by_one(h5_path, cache_mib):
     assert batch.cell.shape == (8, 3, 3) and batch.pbc.shape == (8, 3)
 
 
+def test_dataset_pickles_by_path(h5_path):
+    import pickle
+
+    with Dataset(h5_path) as ds:
+        clone = pickle.loads(pickle.dumps(ds))
+        assert len(clone) == len(ds)
+        assert torch.equal(clone.get_batch([3, 1]).positions, ds.get_batch([3, 1]).positions)
+        clone.close()
+
+
 def test_torch_dataset_collate(h5_path):
     tds = TorchDataset(h5_path, indices=[5, 6, 7])
     loader = torch.utils.data.DataLoader(tds, batch_size=3, collate_fn=collate)

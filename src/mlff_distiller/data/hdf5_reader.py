@@ -307,8 +307,12 @@ class Dataset:
             out[key] = value[atom_rows] if FIELDS[key].per_atom else value[inverse]
         return out
 
-    def __getstate__(self):
-        raise TypeError("Dataset holds an open HDF5 file; pass its path to worker processes")
+    def __getstate__(self) -> dict:
+        """Pickles as its path: a worker process (DataLoader, Ray) reopens the file."""
+        return {"path": self.path, "cache_mib": self.cache_mib}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], cache_mib=state["cache_mib"])
 
 
 # One h5py handle per file per process, shared by every Dataset on it: HDF5 misreads chunked
