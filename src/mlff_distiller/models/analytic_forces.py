@@ -44,27 +44,22 @@ def analytic_energy_and_forces(
 def _backward(model: PaiNN, batch: AtomsBatch, keep: Intermediates) -> torch.Tensor:
     """Forces (n_atoms, 3) = -dE/dpos from the saved forward intermediates."""
     cfg = model.config
-    hidden = cfg.hidden
     n_blocks = cfg.n_interactions
-    i, j = keep.edge_index[0], keep.edge_index[1]
     unit, dist = keep.unit, keep.dist
     n_atoms = batch.n_atoms
-    dtype, device = batch.positions.dtype, batch.positions.device
 
     # readout: E = sum_atoms scale * (w2 . silu(W1 s + b1)) + ...  ->  g_s (n, F)
     w_out = model.readout_out.weight[0] * model.scale  # (F_readout,)
-    g_pre = silu_backward(keep.readout_sig, keep.readout_act, w_out)
+    g_pre = silu_backward(keep.readout_pre, w_out)
     g_s = g_pre @ model.readout_in.weight  # (n, F)
-    g_v = torch.zeros(n_atoms, 3, hidden, dtype=dtype, device=device)
+    g_v = None  # (n, 3, F); zero after the last block (the readout ignores v)
 
     # per-edge accumulators over all blocks: dE/dW of the filters (e, T' * 3F), dE/du (e, 3)
-    n_edges = dist.shape[0]
-    g_filters = torch.zeros(n_edges, keep.filters.shape[1], dtype=dtype, device=device)
-    g_unit = torch.zeros_like(unit)
-
+    g_filters = torch.empty_like(keep.filters) if not cfg.shared_filters else None
+    g_unit = None
     for t in reversed(range(n_blocks)):
-        g_s, g_v = _update_backward(model.updates[t], keep.update[t], g_s, g_v, hidden)
-        g_s, g_v = _message_backward(
+        g_s, g_v = _update_backward(model.updates[t], keep.update[t], g_s, g_v)
+        g_s, g_v, g_filters, g_unit = _message_backward(
             model, t, keep, g_s, g_v, g_filters, g_unit, need_input_grad=t > 0
         )
 
@@ -72,40 +67,47 @@ def _backward(model: PaiNN, batch: AtomsBatch, keep: Intermediates) -> torch.Ten
     g_basis = g_filters @ model.filter_weight
     g_dist = (g_basis * keep.basis_deriv).sum(1)  # (e,)
     # dE/dr_ij = g_d u + (g_u - (g_u . u) u) / d
-    radial = g_dist - (g_unit * unit).sum(1) / dist
-    g_vec = unit * radial[:, None] + g_unit / dist[:, None]  # (e, 3)
+    g_unit = g_unit / dist[:, None]
+    radial = g_dist - (g_unit * unit).sum(1)
+    g_vec = torch.addcmul(g_unit, unit, radial[:, None])  # (e, 3)
     # r_ij = pos[j] - pos[i] + shift  ->  F = -dE/dpos: +g at i, -g at j
-    forces = torch.zeros(n_atoms, 3, dtype=dtype, device=device)
-    forces.index_add_(0, i, g_vec)
-    forces.index_add_(0, j, g_vec, alpha=-1.0)
-    return forces
+    forces = g_vec.new_zeros(n_atoms, 3).index_add_(0, keep.edge_index[0], g_vec)
+    return forces.index_add_(0, keep.edge_index[1], g_vec, alpha=-1.0)
 
 
 def _update_backward(
-    block, saved: dict, g_s: torch.Tensor, g_v: torch.Tensor, hidden: int
+    block, saved: dict, g_s: torch.Tensor, g_v: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients at the update block's inputs (s, v) from those at its outputs (residual)."""
-    uv, norm, a, dot = saved["uv"], saved["norm"], saved["a"], saved["dot"]
-    u_v, v_v = uv[..., :hidden], uv[..., hidden:]
-    a_vv, a_sv = a[:, :hidden], a[:, hidden : 2 * hidden]
-    n_atoms = g_s.shape[0]
+    """Gradients at the update block's inputs (s, v) from those at its outputs (residual).
 
-    # s' = s + a_ss + a_sv * dot ; v' = v + a_vv * U v
-    g_a = torch.empty(n_atoms, 3 * hidden, dtype=g_s.dtype, device=g_s.device)
-    torch.sum(g_v * u_v, dim=1, out=g_a[:, :hidden])  # d/d a_vv
-    torch.mul(g_s, dot, out=g_a[:, hidden : 2 * hidden])  # d/d a_sv
-    g_a[:, 2 * hidden :] = g_s  # d/d a_ss
+    ``g_v=None`` means a zero gradient at the vector output (the last block).
+    """
+    uv, norm, a, dot = saved["uv"], saved["norm"], saved["a"], saved["dot"]
+    hidden = norm.shape[1]
+    u_v, v_v = uv.split(hidden, dim=2)
+    a_vv, a_sv, _ = a.split(hidden, dim=1)
+
+    # s' = s + a_ss + a_sv * dot ; v' = v + a_vv * U v   ->   g_a = [g_avv, g_s * dot, g_s]
     # a = M2 silu(h) + c2, h = M1 [s, norm] + c1
-    g_h = silu_backward(saved["sig"], saved["act"], g_a @ block.mlp_out.weight)
-    g_in = g_h @ block.mlp_in.weight  # (n, 2F)
-    g_norm_over = g_in[:, hidden:] / norm  # d/d(V v) of norm is (V v) / norm
-    gs_asv = (g_s * a_sv)[:, None, :]  # (n, 1, F), gradient of dot = <U v, V v>
-    g_uv = torch.empty_like(uv)
-    torch.addcmul(gs_asv * v_v, g_v, a_vv[:, None, :], out=g_uv[..., :hidden])
-    torch.addcmul(gs_asv * u_v, v_v, g_norm_over[:, None, :], out=g_uv[..., hidden:])
-    g_v = g_v + g_uv @ block.uv.weight  # (n, 3, F)
-    g_s = g_s + g_in[:, :hidden]
-    return g_s, g_v
+    w_mlp_out = block.mlp_out.weight  # (3F, F)
+    if g_v is None:
+        g_act = torch.cat([g_s * dot, g_s], dim=1) @ w_mlp_out[hidden:]
+    else:
+        g_act = torch.cat([(g_v * u_v).sum(1), g_s * dot, g_s], dim=1) @ w_mlp_out
+    g_in = silu_backward(saved["pre"], g_act) @ block.mlp_in.weight  # (n, 2F)
+    g_in_s, g_norm = g_in.split(hidden, dim=1)
+    # norm = sqrt(|V v|^2 + eps): d norm / d(V v) = V v / norm; dot = <U v, V v>
+    gs_asv = (g_s * a_sv)[:, None, :]  # (n, 1, F)
+    g_u = gs_asv * v_v
+    if g_v is not None:
+        g_u.addcmul_(g_v, a_vv[:, None, :])
+    g_vv = torch.addcmul(gs_asv * u_v, v_v, (g_norm / norm)[:, None, :])
+    g_uv = torch.cat([g_u, g_vv], dim=2)  # (n, 3, 2F)
+    if g_v is None:
+        g_v = g_uv @ block.uv.weight  # (n, 3, F)
+    else:
+        g_v = g_v + g_uv @ block.uv.weight
+    return g_s + g_in_s, g_v
 
 
 def _message_backward(
@@ -114,12 +116,14 @@ def _message_backward(
     keep: Intermediates,
     g_s: torch.Tensor,
     g_v: torch.Tensor,
-    g_filters: torch.Tensor,
-    g_unit: torch.Tensor,
+    g_filters: torch.Tensor | None,
+    g_unit: torch.Tensor | None,
     need_input_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients at the message block's inputs; accumulates dE/dW (g_filters) and dE/du.
 
+    ``g_filters``: (e, T * 3F) written block by block, or None with shared filters (then
+    summed here and returned). ``g_unit``: (e, 3) or None before the first (last) block.
     ``need_input_grad=False`` for the first block, whose inputs (embedding, v = 0) do not depend
     on positions: only the edge gradients are computed there.
     """
@@ -127,39 +131,34 @@ def _message_backward(
     hidden = cfg.hidden
     saved = keep.message[t]
     i, j = keep.edge_index[0], keep.edge_index[1]
-    unit = keep.unit
     x, phi_j, v_j = saved["x"], saved["phi_j"], saved["v_j"]
-    x_vv, x_vs = x[:, hidden : 2 * hidden], x[:, 2 * hidden :]
-    if cfg.shared_filters:
-        f_lo, f_hi = 0, 3 * hidden
-    else:
-        f_lo, f_hi = 3 * hidden * t, 3 * hidden * (t + 1)
-    w = keep.filters[:, f_lo:f_hi]  # (e, 3F)
-    n_edges = x.shape[0]
+    _, x_vv, x_vs = x.view(-1, 3, hidden).unbind(1)
 
     g_v_i = g_v.index_select(0, i)  # (e, 3, F)
-    g_x = torch.empty(n_edges, 3 * hidden, dtype=x.dtype, device=x.device)
-    torch.index_select(g_s, 0, i, out=g_x[:, :hidden])  # d/d x_s
+    g_x_s = g_s.index_select(0, i)  # d/d x_s
+    g_x_vs = (g_v_i * keep.unit3).sum(1)  # d/d x_vs
     if v_j is not None:
-        torch.sum(g_v_i * v_j, dim=1, out=g_x[:, hidden : 2 * hidden])  # d/d x_vv
+        g_x_vv = (g_v_i * v_j).sum(1)  # d/d x_vv
     else:
-        g_x[:, hidden : 2 * hidden] = 0.0
-    torch.sum(g_v_i * unit[:, :, None], dim=1, out=g_x[:, 2 * hidden :])  # d/d x_vs
-    g_unit += (g_v_i * x_vs[:, None, :]).sum(2)
+        g_x_vv = torch.zeros_like(g_x_s)
+    g_x = torch.cat([g_x_s, g_x_vv, g_x_vs], dim=1)  # (e, 3F)
+    g_unit_t = (g_v_i * x_vs[:, None, :]).sum(2)  # (e, 3)
+    g_unit = g_unit_t if g_unit is None else g_unit.add_(g_unit_t)
 
-    # x = phi[j] * W: filter gradient, written into this block's columns (shared: summed)
+    # x = phi[j] * W: filter gradient (this block's columns; shared filters: summed)
     if cfg.shared_filters:
-        g_filters.addcmul_(g_x, phi_j)
+        w = keep.filters
+        g_filters = g_x * phi_j if g_filters is None else g_filters.addcmul_(g_x, phi_j)
     else:
-        torch.mul(g_x, phi_j, out=g_filters[:, f_lo:f_hi])
+        lo = 3 * hidden * t
+        w = keep.filters[:, lo : lo + 3 * hidden]
+        torch.mul(g_x, phi_j, out=g_filters[:, lo : lo + 3 * hidden])
 
     if not need_input_grad:
-        return g_s, g_v
+        return g_s, g_v, g_filters, g_unit
     if v_j is not None:
         g_v = g_v.index_add(0, j, g_v_i * x_vv[:, None, :])
-    g_phi = torch.zeros(g_s.shape[0], 3 * hidden, dtype=x.dtype, device=x.device)
-    g_phi.index_add_(0, j, g_x * w)
+    g_phi = g_x.new_zeros(g_s.shape[0], 3 * hidden).index_add_(0, j, g_x * w)
     block = model.messages[t]
-    g_h = silu_backward(saved["sig"], saved["act"], g_phi @ block.phi_out.weight)
-    g_s = g_s + g_h @ block.phi_in.weight
-    return g_s, g_v
+    g_h = silu_backward(saved["pre"], g_phi @ block.phi_out.weight)
+    return torch.addmm(g_s, g_h, block.phi_in.weight), g_v, g_filters, g_unit

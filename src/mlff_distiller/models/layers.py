@@ -12,22 +12,26 @@ import torch
 from torch import nn
 
 
-def silu(pre_activation: torch.Tensor, keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``SiLU(h) = h * sigmoid(h)``; with ``keep`` also returns ``sigmoid(h)`` for the backward."""
-    if not keep:
-        return torch.nn.functional.silu(pre_activation), None
+def silu(pre_activation: torch.Tensor) -> torch.Tensor:
+    """``SiLU(h) = h * sigmoid(h)`` (elementwise, any shape)."""
+    return torch.nn.functional.silu(pre_activation)
+
+
+def silu_derivative(pre_activation: torch.Tensor) -> torch.Tensor:
+    """``d SiLU / dh = sig(h) (1 + h (1 - sig(h)))`` written out (reference for the fused one)."""
     sig = torch.sigmoid(pre_activation)
-    return pre_activation * sig, sig
+    return sig * (1.0 + pre_activation * (1.0 - sig))
 
 
-def silu_backward(
-    sigmoid: torch.Tensor, activation: torch.Tensor, grad_output: torch.Tensor
-) -> torch.Tensor:
-    """Gradient through SiLU w.r.t. its input ``h``, from the saved ``sigmoid(h)`` and ``SiLU(h)``.
+def silu_backward(pre_activation: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """``grad_output * dSiLU/dh`` at the saved pre-activation ``h`` (same shapes, broadcastable).
 
-    ``d SiLU / dh = sig (1 + h (1 - sig)) = sig + SiLU(h) (1 - sig)``. All shapes equal.
+    Evaluates the formula of :func:`silu_derivative` with ATen's fused elementwise kernel: one op
+    instead of four, no autograd involved.
     """
-    return grad_output * torch.addcmul(sigmoid, activation, 1.0 - sigmoid)
+    if grad_output.shape != pre_activation.shape:
+        grad_output = grad_output.expand_as(pre_activation)
+    return torch.ops.aten.silu_backward(grad_output, pre_activation)
 
 
 class CosineCutoff(nn.Module):
@@ -38,12 +42,12 @@ class CosineCutoff(nn.Module):
         self.cutoff = float(cutoff)
 
     def forward(self, distances: torch.Tensor) -> torch.Tensor:
-        inside = (distances < self.cutoff).to(distances.dtype)
-        return 0.5 * (torch.cos(distances * (math.pi / self.cutoff)) + 1.0) * inside
+        inside = distances < self.cutoff
+        return (0.5 * torch.cos(distances * (math.pi / self.cutoff)) + 0.5) * inside
 
     def derivative(self, distances: torch.Tensor) -> torch.Tensor:
         """``df/dd = -0.5 * pi / r_c * sin(pi d / r_c)`` inside the cutoff, 0 outside."""
-        inside = (distances < self.cutoff).to(distances.dtype)
+        inside = distances < self.cutoff
         k = math.pi / self.cutoff
         return (-0.5 * k) * torch.sin(distances * k) * inside
 

@@ -96,8 +96,8 @@ class Intermediates:
     filters: torch.Tensor | None = None  # (e, T' * 3F), T' = 1 if shared else T
     message: list = field(default_factory=list)  # per block: dict of tensors
     update: list = field(default_factory=list)
-    readout_sig: torch.Tensor | None = None  # (n, F_readout) sigmoid of the pre-activation
-    readout_act: torch.Tensor | None = None  # (n, F_readout) SiLU of it
+    unit3: torch.Tensor | None = None  # (e, 3, 1) unit vectors shaped to broadcast over F
+    readout_pre: torch.Tensor | None = None  # (n, F_readout) pre-activation of the readout
 
 
 class PaiNN(nn.Module):
@@ -205,6 +205,7 @@ class PaiNN(nn.Module):
         vec = edge_vectors(pos, edge_index, shifts.to(pos.dtype))  # (e, 3)
         dist = torch.linalg.vector_norm(vec, dim=-1)  # (e,)
         unit = vec / dist[:, None]
+        unit3 = unit[:, :, None]
         rbf, rbf_deriv = self.radial_basis.value_and_derivative(dist, derivative=keep is not None)
         fcut = self.cutoff_fn(dist)
         # basis = [f_c * rbf, f_c] so that basis @ W^T = (rbf @ W_rbf^T + b) * f_c in one matmul
@@ -216,57 +217,53 @@ class PaiNN(nn.Module):
             deriv = torch.cat([rbf_deriv, torch.zeros_like(dist)[:, None]], dim=1)
             keep.basis_deriv = torch.addcmul(deriv * fcut[:, None], basis_raw, dfcut)
             keep.edge_index, keep.unit, keep.dist, keep.filters = edge_index, unit, dist, filters
+            keep.unit3 = unit3
 
         s = self.embedding(z)  # (n, F)
         v = None  # (n, 3, F); zero before the first message, kept as None to skip work
+        last = cfg.n_interactions - 1
         for t in range(cfg.n_interactions):
             block = self.messages[t]
             w = filters if cfg.shared_filters else filters[:, 3 * hidden * t : 3 * hidden * (t + 1)]
-            act, sig = silu(block.phi_in(s), keep is not None)
-            phi = block.phi_out(act)  # (n, 3F)
-            phi_j = phi.index_select(0, j)
-            x = phi_j * w  # (e, 3F)
-            x_s, x_vv, x_vs = torch.split(x, hidden, dim=1)
-            dv_edge = x_vs[:, None, :] * unit[:, :, None]  # (e, 3, F)
+            pre = block.phi_in(s)
+            act = silu(pre)
+            phi_j = block.phi_out(act).index_select(0, j)  # (e, 3F)
+            x = phi_j * w  # (e, 3F) = [x_s, x_vv, x_vs]
+            x_s, x_vv, x_vs = x.view(-1, 3, hidden).unbind(1)
+            dv_edge = x_vs[:, None, :] * unit3  # (e, 3, F)
+            v_j = None
             if v is not None:
                 v_j = v.index_select(0, j)
-                dv_edge = torch.addcmul(dv_edge, x_vv[:, None, :], v_j)
-            ds = torch.zeros_like(s).index_add(0, i, x_s)
-            dv = torch.zeros(n_atoms, 3, hidden, dtype=s.dtype, device=s.device).index_add(
-                0, i, dv_edge
-            )
+                dv_edge.addcmul_(x_vv[:, None, :], v_j)
+            # residual + sum over neighbours in one op each (out of place: autograd-safe)
+            s = s.index_add(0, i, x_s)
+            if v is None:
+                v = dv_edge.new_zeros(n_atoms, 3, hidden).index_add_(0, i, dv_edge)
+            else:
+                v = v.index_add(0, i, dv_edge)
             if keep is not None:
-                keep.message.append(
-                    {
-                        "sig": sig,
-                        "act": act,
-                        "phi_j": phi_j,
-                        "x": x,
-                        "v_j": None if v is None else v_j,
-                    }
-                )
-            s = s + ds
-            v = dv if v is None else v + dv
+                keep.message.append({"pre": pre, "phi_j": phi_j, "x": x, "v_j": v_j})
 
             upd = self.updates[t]
             uv = upd.uv(v)  # (n, 3, 2F)
-            u_v, v_v = uv[..., :hidden], uv[..., hidden:]
-            norm = torch.sqrt(v_v.square().sum(1) + cfg.norm_eps)  # (n, F)
-            act, sig = silu(upd.mlp_in(torch.cat([s, norm], dim=1)), keep is not None)
-            a = upd.mlp_out(act)  # (n, 3F)
-            a_vv, a_sv, a_ss = torch.split(a, hidden, dim=1)
+            u_v, v_v = uv.split(hidden, dim=2)
+            norm = torch.sqrt((v_v * v_v).sum(1) + cfg.norm_eps)  # (n, F)
+            pre = upd.mlp_in(torch.cat([s, norm], dim=1))
+            a = upd.mlp_out(silu(pre))  # (n, 3F) = [a_vv, a_sv, a_ss]
+            a_vv, a_sv, a_ss = a.split(hidden, dim=1)
             dot = (u_v * v_v).sum(1)  # (n, F)
             if keep is not None:
                 keep.update.append(
-                    {"uv": uv, "norm": norm, "sig": sig, "act": act, "a": a, "dot": dot}
+                    {"uv": uv, "norm": norm, "pre": pre, "a": a, "dot": dot}
                 )
-            s = s + a_ss + a_sv * dot
-            v = v + a_vv[:, None, :] * u_v
+            s = torch.addcmul(s + a_ss, a_sv, dot)
+            if t < last:  # the readout uses s only: the last vector update is never needed
+                v = torch.addcmul(v, a_vv[:, None, :], u_v)
 
-        act, sig = silu(self.readout_in(s), keep is not None)
+        pre = self.readout_in(s)
         if keep is not None:
-            keep.readout_sig, keep.readout_act = sig, act
-        atom_energy = self.readout_out(act).squeeze(-1) * self.scale + self.shift
+            keep.readout_pre = pre
+        atom_energy = self.readout_out(silu(pre)).squeeze(-1) * self.scale + self.shift
         atom_energy = atom_energy + self.reference_energies.to(pos.dtype).index_select(0, z)
         n_systems = batch.n_systems
         return torch.zeros(n_systems, dtype=pos.dtype, device=pos.device).index_add(
