@@ -55,13 +55,16 @@ def test_kill_9_leaves_readable_file_then_resume(tmp_path, flush_every):
         for line in proc.stdout:
             committed = int(line)
             if committed >= 40:
-                # a reader may open the file while it is being written
-                with Dataset(path) as live:
-                    assert len(live) >= 40
-                    _check_frames(live, 40)
                 break
-        for _ in range(5):  # let it run into its next frames, then kill it mid-run
+        live = Dataset(path)  # a reader may open the file while it is being written
+        n_live = len(live)
+        assert n_live >= 40
+        _check_frames(live, n_live)
+        while committed <= n_live + 5:  # let it run into its next frames, then kill it
             committed = int(proc.stdout.readline())
+        assert live.refresh() >= committed > n_live  # the live reader sees new commits
+        _check_frames(live, len(live))
+        live.close()
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

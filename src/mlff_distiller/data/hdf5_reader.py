@@ -82,7 +82,6 @@ class Dataset:
         h5 = self._h5
         for ds in self._datasets.values():
             ds.refresh() if h5.swmr_mode else None
-        h5.attrs.refresh() if hasattr(h5.attrs, "refresh") else None
         self._len, _ = committed_counts(h5)
         self.n_atoms = np.asarray(self._datasets[keys.N_ATOMS][: self._len], dtype=np.int64)
         self.offsets = np.zeros(self._len + 1, dtype=np.int64)

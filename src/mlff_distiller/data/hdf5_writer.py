@@ -20,6 +20,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlff_distiller import keys, units
 from mlff_distiller.data.schema import (
+    COMMIT_DATASET,
     FIELDS,
     MOLECULE_NAME_BYTES,
     MOLECULE_SMILES_BYTES,
@@ -246,6 +247,7 @@ class DatasetWriter:
         self._n_atoms_total = a0 + n_new_atoms
         h5.attrs[N_STRUCTURES_ATTR] = self._n_structures  # ... then the commit marker
         h5.attrs[N_ATOMS_TOTAL_ATTR] = self._n_atoms_total
+        h5[COMMIT_DATASET][:] = [self._n_structures, self._n_atoms_total]
         h5.flush()
 
     def _molecule_id(self, frame: dict) -> int:
@@ -279,6 +281,8 @@ class DatasetWriter:
                 mol.create_dataset(
                     name, shape=(0,), maxshape=(None,), dtype=f"S{width}", chunks=(256,)
                 )
+        if COMMIT_DATASET not in h5:
+            h5.create_dataset(COMMIT_DATASET, data=np.zeros(2, dtype=np.int64))
         self._fields = set(optional)
         h5.flush()
         self._start_swmr()
@@ -295,6 +299,9 @@ class DatasetWriter:
         if FIELDS[keys.N_ATOMS].path not in h5:
             return  # created but nothing written yet
         self._fields = {k for k in _OPTIONAL if FIELDS[k].path in h5}
+        if COMMIT_DATASET not in h5:  # a file written before the mirror existed
+            s, total = committed_counts(h5)
+            h5.create_dataset(COMMIT_DATASET, data=np.array([s, total], dtype=np.int64))
         names = h5[f"{MOLECULES}/names"][:] if f"{MOLECULES}/names" in h5 else []
         self._molecules = {n.decode(): i for i, n in enumerate(names)}
 
@@ -443,6 +450,8 @@ def repair(path: str | Path) -> int:
             _copy_group(src, dst, s, total)
             dst.attrs[N_STRUCTURES_ATTR] = s
             dst.attrs[N_ATOMS_TOTAL_ATTR] = total
+            if COMMIT_DATASET in dst:
+                dst[COMMIT_DATASET][:] = [s, total]
     os.replace(tmp, path)
     return s
 

@@ -6,6 +6,7 @@ are rows ``offsets[i]:offsets[i+1]`` of every per-atom dataset, ``offsets = cums
     /                           attrs: format="mlff_distiller", format_version=1,
                                        units (JSON), teacher, teacher_settings (JSON),
                                        n_structures, n_atoms_total (the commit marker), ...
+    commit                      [2]              int64    [n_structures, n_atoms_total] (mirror)
     structures/atomic_numbers   [N_total]        int32
     structures/positions        [N_total, 3]     float64  Å
     structures/cells            [S, 3, 3]        float64  Å (rows are lattice vectors)
@@ -43,6 +44,7 @@ FORMAT = "mlff_distiller"
 FORMAT_VERSION = 1
 N_STRUCTURES_ATTR = "n_structures"
 N_ATOMS_TOTAL_ATTR = "n_atoms_total"
+COMMIT_DATASET = "commit"
 MOLECULE_NAME_BYTES = 128
 MOLECULE_SMILES_BYTES = 512
 
@@ -188,9 +190,17 @@ def open_h5_for_reading(path: str | Path):
 
 def committed_counts(h5) -> tuple[int, int]:
     """(n_structures, n_atoms_total) a reader may trust: the commit marker, clipped to what
-    the datasets hold."""
+    the datasets hold. The marker is the root attribute ``n_structures`` and its mirror, the
+    dataset ``/commit`` = [n_structures, n_atoms_total], which SWMR readers can refresh."""
     n_atoms = h5[f"{STRUCTURES}/n_atoms"]
-    s = int(h5.attrs.get(N_STRUCTURES_ATTR, n_atoms.shape[0]))
+    if COMMIT_DATASET in h5:
+        marker = h5[COMMIT_DATASET]
+        if h5.swmr_mode:
+            marker.refresh()
+            n_atoms.refresh()
+        s = int(marker[0])
+    else:
+        s = int(h5.attrs.get(N_STRUCTURES_ATTR, n_atoms.shape[0]))
     s = min(s, n_atoms.shape[0])
     total = int(np.asarray(n_atoms[:s], dtype=np.int64).sum()) if s else 0
     return s, total
