@@ -19,6 +19,7 @@ def demo(
     train_minutes: float = typer.Option(4.0, help="training wall-clock budget, minutes"),
     md_fs: float = typer.Option(1000.0, help="student MD length, fs"),
     seed: int = typer.Option(0, help="random seed"),
+    threads: int = typer.Option(1, help="torch threads (1 is fastest for small molecules)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """SMILES -> teacher MD -> distilled student -> held-out accuracy -> student MD -> report."""
@@ -30,7 +31,7 @@ def demo(
             options = {"smiles": list(smiles), "names": [f"mol{i}" for i in range(len(smiles))]}
         cfg = DemoConfig(
             teacher=teacher, sample_fs=sample_fs, train_minutes=train_minutes, md_fs=md_fs,
-            seed=seed, out=str(out), progress_bar=progress, **options,
+            seed=seed, threads=threads, out=str(out), progress_bar=progress, **options,
         )
         report = run_demo(cfg, say=console.print)
         overall = report["evaluation"]["student_vs_labels"]["overall"]
