@@ -226,6 +226,7 @@ def test_not_hdf5_and_truncated(tmp_path, h5_path):
         (lambda h5: h5["structures/positions"].__setitem__(7, np.inf), "positions' holds NaN/inf"),
         (lambda h5: h5["structures/atomic_numbers"].__setitem__(2, 0), "atomic number 0"),
         (lambda h5: h5["structures/molecule_id"].__setitem__(1, 9), "refers to molecule 9"),
+        (lambda h5: h5.create_dataset("splits/s/train", data=[0, 40]), "'splits/s/train'"),
     ],
 )
 def test_validator_names_the_broken_dataset(tmp_path, h5_path, damage, message):

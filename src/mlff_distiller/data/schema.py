@@ -273,6 +273,15 @@ def validate(path: str | Path, check_values: bool = True) -> dict:
             if check_values:
                 _check_values(path, f, ds)
         n_mol = _check_molecules(path, h5, s) if s else len(h5.get(f"{MOLECULES}/names", []))
+        for name, group in h5[SPLITS].items() if SPLITS in h5 else []:
+            for part, idx in group.items():
+                values = np.asarray(idx[:])
+                if values.size and (values.min() < 0 or values.max() >= s):
+                    raise DatasetError(
+                        f"{path}: dataset '{SPLITS}/{name}/{part}' holds index "
+                        f"{int(values.max())} but the file has {s} structures; "
+                        "make the split again with `mlffd data split`"
+                    )
         return {"n_structures": s, "n_atoms": n_total, "n_molecules": n_mol, "fields": present}
 
 
