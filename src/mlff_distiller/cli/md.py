@@ -1,0 +1,78 @@
+"""``mlffd md``: student MD, many molecules at once (batched engine) or one through ASE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mlff_distiller.cli._common import console, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("md")(md)
+
+
+def md(
+    model: Path = typer.Argument(..., help="saved student (directory with model.safetensors)"),
+    smiles: list[str] = typer.Option(None, "--smiles", "-s", help="a molecule (repeat)"),
+    structure: list[Path] = typer.Option(None, "--structure", help="a structure file (repeat)"),
+    replicas: int = typer.Option(1, help="copies of each molecule (different velocities)"),
+    steps: int = typer.Option(2000, help="MD steps"),
+    dt: float = typer.Option(0.5, help="time step, fs"),
+    ensemble: str = typer.Option("nvt", help="nvt (Langevin) or nve (velocity Verlet)"),
+    temperature: float = typer.Option(300.0, help="K (initial velocities and thermostat)"),
+    friction: float = typer.Option(1.0, help="Langevin friction, 1/ps"),
+    save_every: int = typer.Option(10, help="steps between saved frames"),
+    seed: int = typer.Option(0),
+    engine: str = typer.Option("batched", help="batched (all molecules at once) or ase"),
+    forces: str = typer.Option("analytical", help="analytical or autograd"),
+    out: Path = typer.Option(Path("md.h5"), "--out", "-o", help="HDF5 trajectory"),
+    resume: bool = typer.Option(False, help="continue from the last saved frame (batched)"),
+    threads: int = typer.Option(1, help="torch threads"),
+) -> None:
+    """Run MD with a distilled student; writes positions, velocities, forces and energies."""
+    import torch
+
+    from mlff_distiller.data.structures import from_smiles, read_structures
+    from mlff_distiller.md.runner import MDConfig, run_md
+    from mlff_distiller.models.io import load_model
+
+    torch.set_num_threads(threads)
+    with user_errors():
+        config = MDConfig(
+            steps=steps,
+            dt_fs=dt,
+            ensemble=ensemble,
+            temperature_k=temperature,
+            friction_per_ps=friction,
+            save_every=save_every,
+            seed=seed,
+            forces=forces,
+        )
+        structures = [a for s in smiles or [] for a in from_smiles(s, seed=seed)]
+        structures += [a for p in structure or [] for a in read_structures(p)]
+        if not structures:
+            raise ValueError("give at least one --smiles or --structure")
+        structures = [a.copy() for a in structures for _ in range(replicas)]
+        for k, a in enumerate(structures):
+            if replicas > 1:
+                a.info["name"] = f"{a.info.get('name') or a.get_chemical_formula()}_r{k % replicas}"
+        student = load_model(model)
+        if engine == "ase":
+            from mlff_distiller.md.ase_runner import run_ase_md
+            from mlff_distiller.md.calculator import StudentCalculator
+
+            if len(structures) != 1:
+                raise ValueError("--engine ase runs one molecule; use --engine batched for more")
+            calc = StudentCalculator(student, forces=forces, dtype=torch.float64)
+            _, result = run_ase_md(calc, structures[0], config, out=out)
+        elif engine == "batched":
+            result = run_md(student, structures, config, out=out, resume=resume)
+        else:
+            raise ValueError(f"--engine must be 'batched' or 'ase', got {engine!r}")
+    console.print(
+        f"[green]done[/]: {result.steps_done} steps of {len(structures)} structure(s) in "
+        f"{result.seconds:.1f} s ({result.steps_per_second:.0f} steps/s), "
+        f"{result.frames_written} frames -> {out}"
+    )
