@@ -54,17 +54,15 @@ def _backward(model: PaiNN, batch: AtomsBatch, keep: Intermediates) -> torch.Ten
     g_s = g_pre @ model.readout_in.weight  # (n, F)
     g_v = None  # (n, 3, F); zero after the last block (the readout ignores v)
 
-    # per-edge accumulators over all blocks: dE/dW of the filters (e, T' * 3F), dE/du (e, 3)
-    g_filters = torch.empty_like(keep.filters) if not cfg.shared_filters else None
-    g_unit = None
+    # per-edge accumulators over all blocks: dE/dB of the filter basis (e, n_rbf + 1), dE/du (e, 3)
+    g_basis = g_unit = None
     for t in reversed(range(n_blocks)):
         g_s, g_v = _update_backward(model.updates[t], keep.update[t], g_s, g_v)
-        g_s, g_v, g_filters, g_unit = _message_backward(
-            model, t, keep, g_s, g_v, g_filters, g_unit, need_input_grad=t > 0
+        g_s, g_v, g_basis, g_unit = _message_backward(
+            model, t, keep, g_s, g_v, g_basis, g_unit, need_input_grad=t > 0
         )
 
-    # W = B(d) @ Wf^T: one matmul for all blocks gives dE/dB (e, n_rbf + 1), then dE/dd
-    g_basis = g_filters @ model.filter_weight
+    # B(d) = [f_c rbf(d), f_c]: dE/dd from dE/dB
     g_dist = (g_basis * keep.basis_deriv).sum(1)  # (e,)
     # dE/dr_ij = g_d u + (g_u - (g_u . u) u) / d
     g_unit = g_unit / dist[:, None]
@@ -116,14 +114,13 @@ def _message_backward(
     keep: Intermediates,
     g_s: torch.Tensor,
     g_v: torch.Tensor,
-    g_filters: torch.Tensor | None,
+    g_basis: torch.Tensor | None,
     g_unit: torch.Tensor | None,
     need_input_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients at the message block's inputs; accumulates dE/dW (g_filters) and dE/du.
+    """Gradients at the message block's inputs; accumulates dE/dB (g_basis) and dE/du.
 
-    ``g_filters``: (e, T * 3F) written block by block, or None with shared filters (then
-    summed here and returned). ``g_unit``: (e, 3) or None before the first (last) block.
+    ``g_basis``: (e, n_rbf + 1) and ``g_unit``: (e, 3), None before the first (= last) block.
     ``need_input_grad=False`` for the first block, whose inputs (embedding, v = 0) do not depend
     on positions: only the edge gradients are computed there.
     """
@@ -145,20 +142,18 @@ def _message_backward(
     g_unit_t = (g_v_i * x_vs[:, None, :]).sum(2)  # (e, 3)
     g_unit = g_unit_t if g_unit is None else g_unit.add_(g_unit_t)
 
-    # x = phi[j] * W: filter gradient (this block's columns; shared filters: summed)
-    if cfg.shared_filters:
-        w = keep.filters
-        g_filters = g_x * phi_j if g_filters is None else g_filters.addcmul_(g_x, phi_j)
-    else:
-        lo = 3 * hidden * t
-        w = keep.filters[:, lo : lo + 3 * hidden]
-        torch.mul(g_x, phi_j, out=g_filters[:, lo : lo + 3 * hidden])
+    # x = phi[j] * W, W = B Wf_t^T: dE/dB += (g_x * phi[j]) @ Wf_t, (e, n_rbf + 1) at once
+    lo = 0 if cfg.shared_filters else 3 * hidden * t
+    w = keep.filters[:, lo : lo + 3 * hidden]
+    wf = model.filter_weight[lo : lo + 3 * hidden]  # (3F, n_rbf + 1)
+    g_w = g_x * phi_j  # (e, 3F)
+    g_basis = g_w @ wf if g_basis is None else torch.addmm(g_basis, g_w, wf)
 
     if not need_input_grad:
-        return g_s, g_v, g_filters, g_unit
+        return g_s, g_v, g_basis, g_unit
     if v_j is not None:
         g_v = g_v.index_add(0, j, g_v_i * x_vv[:, None, :])
     g_phi = g_x.new_zeros(g_s.shape[0], 3 * hidden).index_add_(0, j, g_x * w)
     block = model.messages[t]
     g_h = silu_backward(saved["pre"], g_phi @ block.phi_out.weight)
-    return torch.addmm(g_s, g_h, block.phi_in.weight), g_v, g_filters, g_unit
+    return torch.addmm(g_s, g_h, block.phi_in.weight), g_v, g_basis, g_unit
