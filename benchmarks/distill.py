@@ -36,10 +36,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from rich.console import Console
+
     from mlff_distiller.data.hdf5 import Dataset
     from mlff_distiller.md.calculator import StudentCalculator
     from mlff_distiller.teachers import get_teacher
 
+    console = Console()
     sevennet = get_teacher("sevennet")
     rows = []
     for teacher in args.teachers:
@@ -51,7 +54,7 @@ def main() -> None:
             threads=args.threads,
             out=str(out), progress_bar=False,
         )
-        report = run_demo(cfg, say=print)
+        report = run_demo(cfg, say=console.print)
         ev = report["evaluation"]
         held_out = ev["student_vs_labels"]["overall"]
         with Dataset(out / "test.h5") as ds:

@@ -48,3 +48,24 @@ def test_demo_numbers_are_sane(demo_report):
     assert 50.0 < md["mean_temperature_k"] < 1000.0
     # NVE with a smooth student: total energy drifts far less than the kinetic energy scale
     assert abs(md["energy_drift_mev_per_atom_per_ps"]) < 20.0
+
+
+def test_eval_cli_reproduces_the_demo_numbers(demo_report):
+    from typer.testing import CliRunner
+
+    from mlff_distiller.cli.main import app
+
+    out, report = demo_report
+    result = CliRunner().invoke(
+        app, ["eval", str(out / "train" / "model"), str(out / "test.h5"), "--out", str(out / "e2")]
+    )
+    assert result.exit_code == 0, result.output
+    again = json.loads((out / "e2" / "metrics.json").read_text())["student_vs_labels"]
+    first = report["evaluation"]["student_vs_labels"]
+    assert again["overall"]["force_mae_mev_per_a"] == pytest.approx(
+        first["overall"]["force_mae_mev_per_a"], rel=1e-6
+    )
+    assert set(again["per_element"]) == {"H", "C", "O"}
+    assert (out / "e2" / "parity_forces.png").is_file()
+    bad = CliRunner().invoke(app, ["eval", str(out / "train" / "model"), str(out / "nope.h5")])
+    assert bad.exit_code == 1 and "nope.h5" in bad.output
