@@ -105,6 +105,9 @@ class HDF5DataModule(L.LightningDataModule):
         model.set_scale_shift(scale, shift)
         return {"scale": scale, "shift": shift}
 
+    def transfer_batch_to_device(self, batch: AtomsBatch, device, dataloader_idx: int):
+        return batch.to(device)
+
     def _loader(self, indices: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
             _Indices(indices),

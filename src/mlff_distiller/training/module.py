@@ -50,9 +50,6 @@ class DistillationModule(L.LightningModule):
         """The weights validation and export use: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
-    def transfer_batch_to_device(self, batch: AtomsBatch, device, dataloader_idx: int):
-        return batch.to(device)
-
     # ------------------------------------------------------------------ training
     def training_step(self, batch: AtomsBatch, batch_idx: int) -> torch.Tensor:
         energy, forces = predict_energy_forces(self.model, batch, create_graph=True)

@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -199,6 +200,10 @@ def build_trainer(config: TrainConfig) -> L.Trainer:
         enable_model_summary=False,
         log_every_n_steps=10,
     )
+
+
+# Lightning-internal deprecation noise that says nothing about the user's run
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
