@@ -20,6 +20,8 @@ Gradients are named ``g_<thing> = dE/d<thing>``. Forces are ``-dE/dpos``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from mlff_distiller import keys
@@ -32,13 +34,35 @@ def analytic_energy_and_forces(
     model: PaiNN,
     batch: AtomsBatch,
     edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+    compiled: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """``{ENERGY: (n_systems,), FORCES: (n_atoms, 3)}`` with the analytical backward."""
-    with torch.inference_mode():
-        keep = Intermediates()
-        energy = model(batch, edges=edges, intermediates=keep)[keys.ENERGY]
-        forces = _backward(model, batch, keep)
+    """``{ENERGY: (n_systems,), FORCES: (n_atoms, 3)}`` with the analytical backward.
+
+    ``compiled=True`` runs the same code through ``torch.compile`` (dynamic shapes, one graph;
+    the first call compiles for about a minute on a CPU, later sizes reuse it).
+    """
+    if not compiled:
+        with torch.inference_mode():
+            energy, forces = _energy_and_forces(model, batch, edges)
+        return {keys.ENERGY: energy, keys.FORCES: forces}
+    if edges is None:  # the neighbour search stays outside the compiled graph
+        edges = model.neighbors(batch)
+    with torch.no_grad():  # compiled graphs cannot take inference-mode tensors
+        energy, forces = _compiled_energy_and_forces()(model, batch, edges)
     return {keys.ENERGY: energy, keys.FORCES: forces}
+
+
+def _energy_and_forces(
+    model: PaiNN, batch: AtomsBatch, edges: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = Intermediates()
+    energy = model(batch, edges=edges, intermediates=keep)[keys.ENERGY]
+    return energy, _backward(model, batch, keep)
+
+
+@functools.cache
+def _compiled_energy_and_forces():
+    return torch.compile(_energy_and_forces, dynamic=True)
 
 
 def _backward(model: PaiNN, batch: AtomsBatch, keep: Intermediates) -> torch.Tensor:

@@ -135,6 +135,18 @@ class PaiNN(nn.Module):
         known[0] = False
         self.register_buffer("known_elements", known)
 
+    compiled_forces = False
+    """Run the analytical path through ``torch.compile`` (see :meth:`compile_forces`)."""
+
+    def compile_forces(self, enabled: bool = True) -> PaiNN:
+        """Opt in to ``torch.compile`` for ``energy_and_forces(method="analytical")``.
+
+        Same results (float rounding aside); compiles on the first call (about a minute on a
+        CPU, dynamic shapes so other sizes reuse it). Not saved with the model. Returns self.
+        """
+        self.compiled_forces = bool(enabled)
+        return self
+
     # ------------------------------------------------------------------ set-up helpers
     def set_reference_energies(
         self, energies: torch.Tensor, elements: list[int] | None = None
@@ -287,7 +299,7 @@ class PaiNN(nn.Module):
         if method == "analytical":
             from mlff_distiller.models.analytic_forces import analytic_energy_and_forces
 
-            return analytic_energy_and_forces(self, batch, edges)
+            return analytic_energy_and_forces(self, batch, edges, compiled=self.compiled_forces)
         if method == "autograd":
             return forces_autograd(self, batch, create_graph=create_graph, edges=edges)
         raise ValueError(f"force method must be 'analytical' or 'autograd', got {method!r}")
