@@ -104,10 +104,9 @@ def _update_backward(
 
     ``g_v=None`` means a zero gradient at the vector output (the last block).
     """
-    uv, norm, a, dot = saved["uv"], saved["norm"], saved["a"], saved["dot"]
+    u_v, v_v, norm, dot = saved["u_v"], saved["v_v"], saved["norm"], saved["dot"]
+    a_vv, a_sv = saved["a_vv"], saved["a_sv"]  # (n, 1, F), (n, F)
     hidden = norm.shape[1]
-    u_v, v_v = uv.split(hidden, dim=2)
-    a_vv, a_sv, _ = a.split(hidden, dim=1)
 
     # s' = s + a_ss + a_sv * dot ; v' = v + a_vv * U v   ->   g_a = [g_avv, g_s * dot, g_s]
     # a = M2 silu(h) + c2, h = M1 [s, norm] + c1
@@ -122,7 +121,7 @@ def _update_backward(
     gs_asv = (g_s * a_sv)[:, None, :]  # (n, 1, F)
     g_u = gs_asv * v_v
     if g_v is not None:
-        g_u.addcmul_(g_v, a_vv[:, None, :])
+        g_u.addcmul_(g_v, a_vv)
     g_vv = torch.addcmul(gs_asv * u_v, v_v, (g_norm / norm)[:, None, :])
     g_uv = torch.cat([g_u, g_vv], dim=2)  # (n, 3, 2F)
     if g_v is None:
@@ -152,8 +151,8 @@ def _message_backward(
     hidden = cfg.hidden
     saved = keep.message[t]
     i, j = keep.edge_index[0], keep.edge_index[1]
-    x, phi_j, v_j = saved["x"], saved["phi_j"], saved["v_j"]
-    _, x_vv, x_vs = x.view(-1, 3, hidden).unbind(1)
+    phi_j, w, v_j = saved["phi_j"], saved["w"], saved["v_j"]
+    x_vv, x_vs = saved["x_vv"], saved["x_vs"]  # (e, 1, F) each
 
     g_v_i = g_v.index_select(0, i)  # (e, 3, F)
     g_x_s = g_s.index_select(0, i)  # d/d x_s
@@ -163,12 +162,11 @@ def _message_backward(
     else:
         g_x_vv = torch.zeros_like(g_x_s)
     g_x = torch.cat([g_x_s, g_x_vv, g_x_vs], dim=1)  # (e, 3F)
-    g_unit_t = (g_v_i * x_vs[:, None, :]).sum(2)  # (e, 3)
+    g_unit_t = (g_v_i * x_vs).sum(2)  # (e, 3)
     g_unit = g_unit_t if g_unit is None else g_unit.add_(g_unit_t)
 
     # x = phi[j] * W, W = B Wf_t^T: dE/dB += (g_x * phi[j]) @ Wf_t, (e, n_rbf + 1) at once
     lo = 0 if cfg.shared_filters else 3 * hidden * t
-    w = keep.filters[:, lo : lo + 3 * hidden]
     wf = model.filter_weight[lo : lo + 3 * hidden]  # (3F, n_rbf + 1)
     g_w = g_x * phi_j  # (e, 3F)
     g_basis = g_w @ wf if g_basis is None else torch.addmm(g_basis, g_w, wf)
@@ -176,7 +174,7 @@ def _message_backward(
     if not need_input_grad:
         return g_s, g_v, g_basis, g_unit
     if v_j is not None:
-        g_v = g_v.index_add(0, j, g_v_i * x_vv[:, None, :])
+        g_v = g_v.index_add(0, j, g_v_i * x_vv)
     g_phi = g_x.new_zeros(g_s.shape[0], 3 * hidden).index_add_(0, j, g_x * w)
     block = model.messages[t]
     g_h = silu_backward(saved["pre"], g_phi @ block.phi_out.weight)

@@ -240,13 +240,13 @@ class PaiNN(nn.Module):
             pre = block.phi_in(s)
             act = silu(pre)
             phi_j = block.phi_out(act).index_select(0, j)  # (e, 3F)
-            x = phi_j * w  # (e, 3F) = [x_s, x_vv, x_vs]
-            x_s, x_vv, x_vs = x.view(-1, 3, hidden).unbind(1)
-            dv_edge = x_vs[:, None, :] * unit3  # (e, 3, F)
+            x = (phi_j * w).view(-1, 3, hidden)  # (e, 3, F) = [x_s, x_vv, x_vs]
+            x_s, x_vv, x_vs = x[:, 0], x[:, 1:2], x[:, 2:3]  # (e, F), (e, 1, F), (e, 1, F)
+            dv_edge = x_vs * unit3  # (e, 3, F)
             v_j = None
             if v is not None:
                 v_j = v.index_select(0, j)
-                dv_edge.addcmul_(x_vv[:, None, :], v_j)
+                dv_edge.addcmul_(x_vv, v_j)
             # residual + sum over neighbours in one op each (out of place: autograd-safe)
             s = s.index_add(0, i, x_s)
             if v is None:
@@ -254,7 +254,9 @@ class PaiNN(nn.Module):
             else:
                 v = v.index_add(0, i, dv_edge)
             if keep is not None:
-                keep.message.append({"pre": pre, "phi_j": phi_j, "x": x, "v_j": v_j})
+                keep.message.append(
+                    {"pre": pre, "phi_j": phi_j, "w": w, "x_vv": x_vv, "x_vs": x_vs, "v_j": v_j}
+                )
 
             upd = self.updates[t]
             uv = upd.uv(v)  # (n, 3, 2F)
@@ -262,15 +264,17 @@ class PaiNN(nn.Module):
             norm = torch.sqrt((v_v * v_v).sum(1) + cfg.norm_eps)  # (n, F)
             pre = upd.mlp_in(torch.cat([s, norm], dim=1))
             a = upd.mlp_out(silu(pre))  # (n, 3F) = [a_vv, a_sv, a_ss]
-            a_vv, a_sv, a_ss = a.split(hidden, dim=1)
+            a3 = a.view(-1, 3, hidden)
+            a_vv, a_sv, a_ss = a3[:, 0:1], a3[:, 1], a3[:, 2]  # (n, 1, F), (n, F), (n, F)
             dot = (u_v * v_v).sum(1)  # (n, F)
             if keep is not None:
                 keep.update.append(
-                    {"uv": uv, "norm": norm, "pre": pre, "a": a, "dot": dot}
-                )
+                    {"u_v": u_v, "v_v": v_v, "norm": norm, "pre": pre, "a_vv": a_vv,
+                     "a_sv": a_sv, "dot": dot}
+                )  # fmt: skip
             s = torch.addcmul(s + a_ss, a_sv, dot)
             if t < last:  # the readout uses s only: the last vector update is never needed
-                v = torch.addcmul(v, a_vv[:, None, :], u_v)
+                v = torch.addcmul(v, a_vv, u_v)
 
         pre = self.readout_in(s)
         if keep is not None:
