@@ -14,6 +14,7 @@ Each table cell is repeated ``--repeats`` times or until ``--cell-seconds`` are 
     python benchmarks/forces.py --quick                # 9/21/50 atoms, batches 1/16
     python benchmarks/forces.py --compile              # + torch.compile columns (opt-in path)
     python benchmarks/forces.py --threads 2            # intra-op threads
+    python benchmarks/forces.py --retain-memory        # malloc keeps freed memory (no re-faults)
     python benchmarks/forces.py --profile 21           # torch.profiler table of each path
 """
 
@@ -206,12 +207,21 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--quick", action="store_true", help="9/21/50 atoms, batches 1/16")
+    parser.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="glibc malloc keeps freed memory (models.cpu_memory); affects all columns alike",
+    )
     parser.add_argument("--profile", type=int, default=None, metavar="N_ATOMS")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.batches, args.repeats = [9, 21, 50], [1, 16], min(args.repeats, 10)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.retain_memory:
+        from mlff_distiller.models.cpu_memory import retain_freed_cpu_memory
+
+        print(f"retain freed CPU memory (glibc mallopt): {retain_freed_cpu_memory()}")
     devices = []
     if args.device in ("cpu", "all"):
         devices.append(torch.device("cpu"))
