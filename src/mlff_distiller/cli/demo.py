@@ -28,7 +28,7 @@ def demo(
 
         options = {}
         if smiles:
-            options = {"smiles": list(smiles), "names": [f"mol{i}" for i in range(len(smiles))]}
+            options = {"smiles": list(smiles), "names": list(smiles)}
         cfg = DemoConfig(
             teacher=teacher, sample_fs=sample_fs, train_minutes=train_minutes, md_fs=md_fs,
             seed=seed, threads=threads, out=str(out), progress_bar=progress, **options,
