@@ -16,6 +16,13 @@ update:   ``[U v, V v] = v @ W_uv^T``;  ``n = sqrt(sum_k (V v)_k^2 + eps)``;
 filters:  ``W(d) = B(d) @ Wf^T`` with ``B = [f_c rbf(d), f_c]`` (bias folded in).
 
 Gradients are named ``g_<thing> = dE/d<thing>``. Forces are ``-dE/dpos``.
+
+Cost notes (measured in ``benchmarks/forces.py``): the readout ignores ``v``, so the last block's
+vector update is skipped in the forward and its zero gradient is never formed; the first block's
+inputs do not depend on positions, so only its edge gradients are computed; the filter gradient
+is contracted per block straight to ``dE/dB`` (e, n_rbf + 1). Small molecules are bound by the
+number of ops (~300 per call), larger ones by the (e, 3, F) products, which the backward needs
+about twice as many of as the forward. ``compiled=True`` fuses them (one graph, no breaks).
 """
 
 from __future__ import annotations
