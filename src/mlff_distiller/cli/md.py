@@ -30,15 +30,20 @@ def md(
     out: Path = typer.Option(Path("md.h5"), "--out", "-o", help="HDF5 trajectory"),
     resume: bool = typer.Option(False, help="continue from the last saved frame (batched)"),
     threads: int = typer.Option(1, help="torch threads"),
+    compile: bool = typer.Option(
+        False, "--compile", help="torch.compile the analytical forces (compiles on first call)"
+    ),
 ) -> None:
     """Run MD with a distilled student; writes positions, velocities, forces and energies."""
     import torch
 
     from mlff_distiller.data.structures import from_smiles, read_structures
     from mlff_distiller.md.runner import MDConfig, run_md
+    from mlff_distiller.models.cpu_memory import retain_freed_cpu_memory
     from mlff_distiller.models.io import load_model
 
     torch.set_num_threads(threads)
+    retain_freed_cpu_memory()  # MD repeats the same allocations: reuse them (see cpu_memory)
     with user_errors():
         config = MDConfig(
             steps=steps,
@@ -59,6 +64,10 @@ def md(
             if replicas > 1:
                 a.info["name"] = f"{a.info.get('name') or a.get_chemical_formula()}_r{k % replicas}"
         student = load_model(model)
+        if compile:
+            if forces != "analytical":
+                raise ValueError("--compile applies to --forces analytical")
+            student.compile_forces()
         if engine == "ase":
             from mlff_distiller.md.ase_runner import run_ase_md
             from mlff_distiller.md.calculator import StudentCalculator
