@@ -215,3 +215,58 @@ def test_energy_rescale_conserves_total_energy(water, xtb):
     np.testing.assert_allclose(total, total[0], rtol=0, atol=1e-9)
     momentum = (atoms.get_masses()[:, None] * res.velocities[-1]).sum(0)
     np.testing.assert_allclose(momentum, 0.0, atol=1e-12)
+
+
+class HeatingJump(torch.nn.Module):
+    """Keeps positions, scales velocities by ``1 + gain``: a jump that heats the molecule."""
+
+    def __init__(self, gain: float):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.gain = gain
+
+    def forward(self, inp):
+        return {
+            DELTA_POSITIONS: torch.zeros_like(inp.positions),
+            DELTA_VELOCITIES: self.gain * inp.velocities,
+        }
+
+
+def test_energy_check_catches_a_heating_jump_then_falls_back(water, xtb):
+    atoms, v = water
+    k, dt = 2, 0.5
+    n = len(atoms)
+    heat = _integrator(atoms, xtb, HeatingJump(0.5), k=k, dt=dt, keep_momentum=False)
+    res = heat.run(atoms.positions, v, n_cycles=1)
+    assert res.failures == {"energy": 3} and res.retries == 2 and res.fallbacks == 1
+    total = np.array(res.potential_energy) + np.array(res.kinetic_energy)
+    assert abs(total[-1] - total[0]) < 0.003 * n  # the fallback's plain MD conserves energy
+
+    off = _integrator(
+        atoms, get_teacher("xtb"), HeatingJump(0.5), k=k, dt=dt, energy_tol_per_atom=None
+    )
+    hot = off.run(atoms.positions, v, n_cycles=1)
+    hot_total = np.array(hot.potential_energy) + np.array(hot.kinetic_energy)
+    assert hot.fallbacks == 0 and hot_total[-1] - hot_total[0] > 0.003 * n  # it did heat
+
+
+def test_energy_check_accepts_a_smaller_retry(water, xtb):
+    """Tolerance between the heating of the full jump and that of the 0.8-scaled one: the first
+    attempt fails, the retry is accepted (no fallback)."""
+    atoms, v = water
+    ke0 = 0.5 * np.sum(atoms.get_masses()[:, None] * v**2) / (ase_units.fs**2)  # eV (ASE units)
+    gain = 0.1  # heats by ~(1.1² - 1) ke0 = 0.21 ke0; scaled by 0.8: ~0.166 ke0
+    tol = 0.19 * ke0 / len(atoms)
+    hybrid = _integrator(
+        atoms, xtb, HeatingJump(gain), k=2, dt=0.5, keep_momentum=False, energy_tol_per_atom=tol
+    )
+    res = hybrid.run(atoms.positions, v, n_cycles=1)
+    assert res.failures == {"energy": 1} and res.retries == 1 and res.fallbacks == 0
+    assert res.attempt_scales == pytest.approx([1.0, 0.8])
+
+
+def test_energy_anchor_start_is_validated():
+    with pytest.raises(ValueError, match="energy_anchor"):
+        HybridConfig(energy_anchor="end")
+    with pytest.raises(ValueError, match="energy_tol_per_atom"):
+        HybridConfig(energy_tol_per_atom=-1.0)
