@@ -14,7 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mlff_distiller.data.importers import import_file
@@ -91,7 +90,7 @@ def main() -> None:
           f"{result.best_val_force_mae:.1f} meV/Å")
     (out / "rmd17_result.json").write_text(json.dumps(
         {"test": test, "training": result.to_dict(), "minutes": args.minutes,
-         "device": device, "n_test": int(len(np.unique(pred.energy_ref)))}, indent=2))
+         "device": device, "n_test": int(len(pred.energy_ref))}, indent=2))
 
 
 if __name__ == "__main__":
