@@ -7,6 +7,10 @@
   terms are in Å² and comparable without hand-tuned scales.
 - The structural terms compare the geometry of the predicted ``x_t + delta_x`` with the true
   ``x_{t+k}``: bond lengths in Å, angles in radians, dihedrals through ``1 - cos`` (periodic).
+- The kinetic term (``inputs`` given) compares each molecule's kinetic energy of the predicted
+  ``v_t + delta_v`` with the true one, as a relative error ``(K_pred - K_true) / K_true``
+  squared: a per-window error that averages out in ``delta_v`` but is systematically positive
+  heats the hybrid MD cycle after cycle.
 - The force term (only when the model has a force head and the targets hold forces) compares
   predicted forces at ``x_{t+k}`` with the teacher's, in eV/Å.
 
@@ -19,8 +23,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from mlff_distiller import keys
-from mlff_distiller.models.kstep_common import DELTA_POSITIONS, DELTA_VELOCITIES
+from mlff_distiller import keys, units
+from mlff_distiller.models.kstep_common import DELTA_POSITIONS, DELTA_VELOCITIES, KStepInput
 
 
 @dataclass
@@ -60,6 +64,7 @@ class KStepLossWeights:
     angle: float = 0.1
     dihedral: float = 0.01
     force: float = 0.0
+    kinetic: float = 0.0
 
 
 def bond_lengths(positions: torch.Tensor, bonds: torch.Tensor) -> torch.Tensor:
@@ -116,13 +121,36 @@ def structural_losses(
     return out
 
 
+def molecule_kinetic_energy(
+    velocities: torch.Tensor, masses: torch.Tensor, system_idx: torch.Tensor, n_systems: int
+) -> torch.Tensor:
+    """velocities (n_atoms, 3) Å/fs, masses (n_atoms,) amu -> (n_systems,) eV."""
+    per_atom = 0.5 * masses * (velocities**2).sum(-1) / units.ASE_TIME_PER_FS**2
+    return torch.zeros(n_systems, dtype=per_atom.dtype, device=per_atom.device).index_add(
+        0, system_idx, per_atom
+    )
+
+
+def kinetic_energy_loss(
+    delta_velocities: torch.Tensor, inputs: KStepInput, targets: KStepTargets
+) -> torch.Tensor:
+    """Mean over molecules of the squared relative kinetic-energy error of ``v_t + delta_v``."""
+    n = inputs.n_systems
+    m, idx = inputs.masses.to(delta_velocities.dtype), inputs.system_idx
+    pred = molecule_kinetic_energy(inputs.velocities + delta_velocities, m, idx, n)
+    true = molecule_kinetic_energy(inputs.velocities + targets.delta_velocities, m, idx, n)
+    return torch.mean(((pred - true) / true.clamp_min(1e-12)) ** 2)
+
+
 def kstep_loss(
     outputs: dict[str, torch.Tensor],
     positions: torch.Tensor,
     targets: KStepTargets,
     weights: KStepLossWeights | None = None,
+    inputs: KStepInput | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its detached parts. ``positions``: (n_atoms, 3) ``x_t`` of the batch."""
+    """Total loss and its detached parts. ``positions``: (n_atoms, 3) ``x_t`` of the batch;
+    ``inputs`` (the batch's :class:`KStepInput`) is needed by the kinetic-energy term."""
     w = weights or KStepLossWeights()
     dx, dv = outputs[DELTA_POSITIONS], outputs[DELTA_VELOCITIES]
     parts = {
@@ -137,6 +165,9 @@ def kstep_loss(
         + w.angle * parts["angle"]
         + w.dihedral * parts["dihedral"]
     )
+    if w.kinetic > 0 and inputs is not None:
+        parts["kinetic"] = kinetic_energy_loss(dv, inputs, targets)
+        total = total + w.kinetic * parts["kinetic"]
     if w.force > 0 and keys.FORCES in outputs and targets.forces is not None:
         parts["force"] = torch.mean((outputs[keys.FORCES] - targets.forces) ** 2)
         total = total + w.force * parts["force"]

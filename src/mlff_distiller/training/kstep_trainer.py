@@ -8,6 +8,13 @@ learning) fits in one short module. Data come from any object with
 ``batches(batch_size, shuffle, seed) -> Iterator[(KStepInput, KStepTargets)]`` and ``len()``
 (e.g. :class:`mlff_distiller.kstep.dataset.KStepWindows`).
 
+Noise augmentation (``noise_positions`` Å, ``noise_velocities`` Å/fs for a hydrogen atom,
+scaled by ``sqrt(m_H / m)`` for heavier atoms so that every atom gets the same kinetic-energy
+noise): each training batch's ``x_t, v_t`` are perturbed by fresh Gaussian noise (centre-of-mass
+and momentum free) while the targets stay the true ``x_{t+k}, v_{t+k}``, so the network learns
+to pull a state that left the data manifold back onto it, as the hybrid MD needs after a slightly
+wrong jump (:func:`perturb_windows`).
+
 Checkpoints (``out_dir/checkpoint/``): the model as ``model.safetensors`` + ``config.json``
 (:func:`mlff_distiller.models.io.save_model`), ``trainer_state.json`` (epoch, step, history,
 config) and ``optimizer.pt`` (optimizer and scheduler state dicts, plain tensors, read back
@@ -62,6 +69,8 @@ class KStepTrainConfig:
     loss: dict[str, float] = field(default_factory=dict)  # KStepLossWeights fields
     init_from: str | None = None  # a saved k-step model (e.g. MM) to fine-tune (e.g. on QM)
     freeze_layers: int = 0  # with init_from: freeze the embedding and the first N layers
+    noise_positions: float = 0.0  # Å, std of the Gaussian noise on x_t (training batches)
+    noise_velocities: float = 0.0  # Å/fs for hydrogen (x sqrt(m_H / m)), on v_t
 
     def __post_init__(self) -> None:
         if self.architecture not in ("egnn", "transformer_egnn"):
@@ -76,6 +85,8 @@ class KStepTrainConfig:
             raise ValueError(f"precision must be auto, 32 or bf16, got {self.precision!r}")
         if self.freeze_layers < 0:
             raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
+        if self.noise_positions < 0 or self.noise_velocities < 0:
+            raise ValueError("noise_positions and noise_velocities must be >= 0")
         KStepLossWeights(**self.loss)  # fail early on unknown loss names
 
 
@@ -125,6 +136,54 @@ def freeze_first_layers(model: nn.Module, n_layers: int) -> list[str]:
     return frozen
 
 
+HYDROGEN_MASS = 1.008  # amu
+
+
+def _momentum_free(noise: torch.Tensor, masses: torch.Tensor, inp: KStepInput) -> torch.Tensor:
+    """Remove each molecule's mass-weighted mean from ``noise`` (n_atoms, 3)."""
+    n = inp.n_systems
+    m = masses[:, None]
+    total_m = torch.zeros(n, 1, dtype=m.dtype, device=m.device).index_add(0, inp.system_idx, m)
+    mean = torch.zeros(n, 3, dtype=m.dtype, device=m.device).index_add(0, inp.system_idx, m * noise)
+    return noise - (mean / total_m)[inp.system_idx]
+
+
+def perturb_windows(
+    inp: KStepInput,
+    tgt: KStepTargets,
+    noise_positions: float,
+    noise_velocities: float,
+    generator: torch.Generator | None = None,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[KStepInput, KStepTargets]:
+    """Noisy starts, unchanged ends: ``x_t + e_x``, ``v_t + e_v`` and targets
+    ``delta - e`` so that ``x_t + delta_x`` and ``v_t + delta_v`` are still the true
+    ``x_{t+k}``, ``v_{t+k}``. ``e`` is Gaussian (or the unit ``noise`` pair given, (n_atoms, 3)
+    each, scaled here), without centre-of-mass shift or momentum; velocity noise per atom is
+    ``noise_velocities * sqrt(m_H / m)``. The forces at ``x_t`` are kept (a first-order error
+    of ``F'(x) e_x``, small for noise well below bond-length fluctuations)."""
+    x, v = inp.positions, inp.velocities
+    if noise is None:
+        noise = (
+            torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device),
+            torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device),
+        )
+    masses = inp.masses.to(x.dtype)
+    e_x = _momentum_free(noise_positions * noise[0], masses, inp)
+    e_v = _momentum_free(
+        noise_velocities * torch.sqrt(HYDROGEN_MASS / masses)[:, None] * noise[1], masses, inp
+    )
+    new_inp = KStepInput(**{**inp.__dict__, "positions": x + e_x, "velocities": v + e_v})
+    new_tgt = KStepTargets(
+        **{
+            **tgt.__dict__,
+            "delta_positions": tgt.delta_positions - e_x,
+            "delta_velocities": tgt.delta_velocities - e_v,
+        }
+    )
+    return new_inp, new_tgt
+
+
 def _device(config: KStepTrainConfig) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -141,7 +200,7 @@ def evaluate_kstep(
     with torch.no_grad():
         for inp, tgt in data.batches(batch_size, shuffle=False):
             inp, tgt = inp.to(device), tgt.to(device)
-            total, parts = kstep_loss(model(inp), inp.positions, tgt, weights)
+            total, parts = kstep_loss(model(inp), inp.positions, tgt, weights, inp)
             n = inp.n_systems
             for key, value in {"loss": total.detach(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * n
@@ -206,12 +265,18 @@ def train_kstep(
         batches = list(
             train_data.batches(config.batch_size, shuffle=True, seed=config.seed + epoch)
         )
+        noisy = config.noise_positions > 0 or config.noise_velocities > 0
+        noise_rng = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         for i, (inp, tgt) in enumerate(batches):
+            if noisy:
+                inp, tgt = perturb_windows(
+                    inp, tgt, config.noise_positions, config.noise_velocities, noise_rng
+                )
             inp, tgt = inp.to(device), tgt.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 outputs = model(inp)
             outputs = {k: v.float() for k, v in outputs.items()}
-            loss, parts = kstep_loss(outputs, inp.positions, tgt, weights)
+            loss, parts = kstep_loss(outputs, inp.positions, tgt, weights, inp)
             (loss / config.accumulate).backward()
             last = i == len(batches) - 1
             if (i + 1) % config.accumulate == 0 or last:

@@ -1,0 +1,111 @@
+"""Noise augmentation keeps the true ends and equivariance; the kinetic-energy loss by hand."""
+
+import numpy as np
+import pytest
+import torch
+from ase import units as ase_units
+from scipy.spatial.transform import Rotation
+
+from mlff_distiller.kstep.dataset import KStepWindows, build_windows
+from mlff_distiller.models.kstep_common import DELTA_POSITIONS, DELTA_VELOCITIES, KStepInput
+from mlff_distiller.training.kstep_losses import KStepLossWeights, KStepTargets, kstep_loss
+from mlff_distiller.training.kstep_trainer import perturb_windows
+
+
+@pytest.fixture(scope="module")
+def batch(gaff2_trajectories, tmp_path_factory):
+    path = tmp_path_factory.mktemp("kstep_noise") / "w.h5"
+    build_windows(list(gaff2_trajectories.values()), path, ks=(4,), stride=10, fractions=(1, 0, 0))
+    windows = KStepWindows.from_file(path, "train")
+    return next(iter(windows.batches(6, shuffle=True, seed=0)))
+
+
+def _sum_by_system(values: torch.Tensor, inp: KStepInput) -> torch.Tensor:
+    out = torch.zeros(inp.n_systems, values.shape[-1], dtype=values.dtype)
+    return out.index_add(0, inp.system_idx, values)
+
+
+def test_noise_changes_the_start_but_not_the_true_end(batch):
+    inp, tgt = batch
+    gen = torch.Generator().manual_seed(0)
+    noisy, ntgt = perturb_windows(inp, tgt, 0.02, 0.003, gen)
+    assert (noisy.positions - inp.positions).abs().max() > 1e-3
+    torch.testing.assert_close(
+        noisy.positions + ntgt.delta_positions, inp.positions + tgt.delta_positions
+    )
+    torch.testing.assert_close(
+        noisy.velocities + ntgt.delta_velocities, inp.velocities + tgt.delta_velocities
+    )
+    m = inp.masses.to(inp.positions.dtype)[:, None]
+    for old, new in ((inp.positions, noisy.positions), (inp.velocities, noisy.velocities)):
+        moved = _sum_by_system(m * (new - old), inp)  # centre of mass and momentum kept
+        torch.testing.assert_close(moved, torch.zeros_like(moved), atol=1e-5, rtol=0)  # float32
+    assert ntgt.forces is tgt.forces and torch.equal(ntgt.bonds, tgt.bonds)
+    # lighter atoms get larger velocity noise: equal kinetic energy per atom on average
+    e_v = noisy.velocities - inp.velocities
+    light, heavy = inp.masses < 2, inp.masses > 11
+    ratio = e_v[light].std() / e_v[heavy].std()
+    assert 2.0 < float(ratio) < 5.0  # sqrt(12 / 1) = 3.5
+
+
+def test_noise_is_rotation_equivariant(batch):
+    """Rotating the windows and the noise together gives the rotated noisy windows."""
+    inp, tgt = batch
+    rot = torch.as_tensor(Rotation.random(random_state=3).as_matrix(), dtype=inp.positions.dtype)
+    gen = torch.Generator().manual_seed(1)
+    noise = (
+        torch.randn(inp.positions.shape, generator=gen, dtype=inp.positions.dtype),
+        torch.randn(inp.positions.shape, generator=gen, dtype=inp.positions.dtype),
+    )
+    noisy, ntgt = perturb_windows(inp, tgt, 0.02, 0.003, noise=noise)
+
+    def rotated(obj, names):
+        return type(obj)(**{**obj.__dict__, **{n: getattr(obj, n) @ rot.T for n in names}})
+
+    r_inp = rotated(inp, ("positions", "velocities", "forces"))
+    r_tgt = rotated(tgt, ("delta_positions", "delta_velocities"))
+    r_noisy, r_ntgt = perturb_windows(
+        r_inp, r_tgt, 0.02, 0.003, noise=(noise[0] @ rot.T, noise[1] @ rot.T)
+    )
+    torch.testing.assert_close(r_noisy.positions, noisy.positions @ rot.T)
+    torch.testing.assert_close(r_noisy.velocities, noisy.velocities @ rot.T)
+    torch.testing.assert_close(r_ntgt.delta_positions, ntgt.delta_positions @ rot.T)
+    torch.testing.assert_close(r_ntgt.delta_velocities, ntgt.delta_velocities @ rot.T)
+
+
+def test_kinetic_energy_loss_by_hand():
+    # two molecules: a "hydrogen pair" and one carbon; velocities in Å/fs
+    masses = torch.tensor([1.0, 1.0, 12.0], dtype=torch.float64)
+    v = torch.tensor([[0.01, 0, 0], [-0.01, 0, 0], [0, 0.002, 0]], dtype=torch.float64)
+    inp = KStepInput(
+        atomic_numbers=torch.tensor([1, 1, 6]),
+        masses=masses,
+        positions=torch.zeros(3, 3, dtype=torch.float64),
+        velocities=v,
+        system_idx=torch.tensor([0, 0, 1]),
+        k=torch.tensor([4, 4]),
+        dt=torch.tensor([0.5, 0.5], dtype=torch.float64),
+    )
+    zeros = torch.zeros(3, 3, dtype=torch.float64)
+    tgt = KStepTargets(
+        delta_positions=zeros,
+        delta_velocities=zeros,  # true end: v_t (kinetic energy unchanged)
+        tau=torch.full((3, 1), 2.0, dtype=torch.float64),
+        bonds=torch.zeros(0, 2, dtype=torch.long),
+        angles=torch.zeros(0, 3, dtype=torch.long),
+        dihedrals=torch.zeros(0, 4, dtype=torch.long),
+    )
+    dv = 0.1 * v  # the prediction heats both molecules by 1.1² - 1 = 21 %
+    dv[1] = 0.0  # ... except the second hydrogen
+    outputs = {DELTA_POSITIONS: zeros, DELTA_VELOCITIES: dv}
+    w = KStepLossWeights(delta_x=0, delta_v=0, bond=0, angle=0, dihedral=0, kinetic=2.0)
+    total, parts = kstep_loss(outputs, inp.positions, tgt, w, inp)
+    k_true = 0.5 * (masses[:, None] * v**2).sum(-1).numpy() / ase_units.fs**2  # eV per atom
+    k_pred = k_true * np.array([1.21, 1.0, 1.21])
+    rel = np.array(
+        [(k_pred[:2].sum() - k_true[:2].sum()) / k_true[:2].sum(), 0.21]
+    )  # molecule 0: (0.21 + 0) / 2
+    assert float(parts["kinetic"]) == pytest.approx(np.mean(rel**2))
+    assert float(total) == pytest.approx(2.0 * np.mean(rel**2))
+    _, no_inputs = kstep_loss(outputs, inp.positions, tgt, w)
+    assert "kinetic" not in no_inputs  # the term needs the inputs (masses, v_t)
