@@ -246,3 +246,17 @@ def test_analytical_runs_without_autograd(model64):
     assert out[E].is_inference() and out[F].is_inference()
     with pytest.raises(ValueError, match="analytical"):
         model64.energy_and_forces(batch, "numerical")
+
+
+def test_mixed_precision_autocast_matches_float32():
+    """Under bf16 autocast (what `--precision bf16-mixed` does) energies and autograd forces
+    stay close to float32: sums accumulate in float32 while the linear layers run in bf16."""
+    model = make_model(dtype=torch.float32)
+    batch = make_batch([9, 21], dtype=torch.float32)
+    ref = forces_autograd(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = forces_autograd(model, batch)
+    assert out[keys.ENERGY].dtype == torch.float32
+    scale = ref[keys.FORCES].abs().max()
+    assert (out[keys.FORCES] - ref[keys.FORCES]).abs().max() < 0.05 * scale
+    assert torch.allclose(out[keys.ENERGY], ref[keys.ENERGY], rtol=0.02, atol=0.02 * scale)

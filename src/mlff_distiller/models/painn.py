@@ -248,11 +248,14 @@ class PaiNN(nn.Module):
                 v_j = v.index_select(0, j)
                 dv_edge.addcmul_(x_vv, v_j)
             # residual + sum over neighbours in one op each (out of place: autograd-safe)
-            s = s.index_add(0, i, x_s)
+            # (under autocast the linear layers give bf16/fp16: accumulate in the state's dtype)
+            s = s.index_add(0, i, x_s.to(s.dtype))
             if v is None:
-                v = dv_edge.new_zeros(n_atoms, 3, hidden).index_add_(0, i, dv_edge)
+                v = dv_edge.new_zeros(n_atoms, 3, hidden, dtype=s.dtype).index_add_(
+                    0, i, dv_edge.to(s.dtype)
+                )
             else:
-                v = v.index_add(0, i, dv_edge)
+                v = v.index_add(0, i, dv_edge.to(v.dtype))
             if keep is not None:
                 keep.message.append(
                     {"pre": pre, "phi_j": phi_j, "w": w, "x_vv": x_vv, "x_vs": x_vs, "v_j": v_j}
@@ -283,7 +286,7 @@ class PaiNN(nn.Module):
         atom_energy = atom_energy + self.reference_energies.to(pos.dtype).index_select(0, z)
         n_systems = batch.n_systems
         return torch.zeros(n_systems, dtype=pos.dtype, device=pos.device).index_add(
-            0, batch.system_idx, atom_energy
+            0, batch.system_idx, atom_energy.to(pos.dtype)
         )
 
     # ------------------------------------------------------------------ forces
