@@ -6,10 +6,18 @@ Prints per (molecule, corrector, k): force-call ratio (reference calls / hybrid 
 same simulated time) and that ratio over k, wall-clock speed-up (network time included), NVE
 energy drift of hybrid and reference (kJ/mol/ps), bond-length RMSE of the time-averaged bond
 lengths (Å), distance-RDF difference (total variation, 0..1), mean temperatures, retries and
-fallbacks. Modes: ``2call`` real forces at both ends of the corrector step (two calls per
-cycle); ``1call`` the force head's forces for the first half-kick (one call per cycle);
-``1c+resc`` the same plus the NVE energy rescale (total energy conserved by construction, so its
-drift is not a measurement of the network).
+fallbacks, and how many jumps the total-energy check rejected. Modes: ``2call`` real forces at
+both ends of the corrector step (two calls per cycle); ``1call`` the force head's forces for the
+first half-kick (one call per cycle); both raw, without the total-energy check. ``2c+etol`` and
+``1c+etol``: the same with the integrator's total-energy check (``energy_tol_per_atom``, default
+0.003 eV/atom against the cycle start; a rejected jump is retried smaller, then replaced by plain
+MD, which costs force calls). ``1c+resc``: one call plus the NVE energy rescale (total energy
+conserved by construction, so its drift is not a measurement of the network).
+
+Models: an EGNN trained on the MM windows (``mm_model``), then fine-tuned for rollout robustness
+(``mm_robust``: noise on ``x_t, v_t`` with the true targets, plus the kinetic-energy loss); the
+xTB model is fine-tuned from ``mm_robust`` on QM windows (``qm_robust``). Rows ``MM-0``: the
+model before the robustness fine-tuning, for comparison.
 
     python benchmarks/kstep.py            # ~25 min on an idle 2-core CPU (sampling, training)
     python benchmarks/kstep.py --quick    # a smoke run
@@ -73,19 +81,22 @@ def start_state(path: Path):
 
 
 MODES = {  # label -> HybridConfig options
-    "2call": {"predicted_forces": False},
-    "1call": {"predicted_forces": True},
-    "1c+resc": {"predicted_forces": True, "energy_rescale": True},
+    "2call": {"predicted_forces": False, "energy_tol_per_atom": None},
+    "1call": {"predicted_forces": True, "energy_tol_per_atom": None},
+    "2c+etol": {"predicted_forces": False},
+    "1c+etol": {"predicted_forces": True},
+    "1c+resc": {"predicted_forces": True, "energy_rescale": True, "energy_tol_per_atom": None},
 }
+ROBUST = {"noise_positions": 0.01, "noise_velocities": 0.002}  # Å, Å/fs (hydrogen)
 
 
-def evaluate(model, teacher, molecules, paths, cycles_fs, rows, label):
+def evaluate(model, teacher, molecules, paths, cycles_fs, rows, label, modes=tuple(MODES)):
     for name, smiles in molecules.items():
         atoms, velocities = start_state(paths[name])
         topo = molecule_topology(f"bench-{name}", atoms.numbers, atoms.positions, smiles)
         masses = atomic_masses[atoms.numbers]
         options = {"smiles": smiles} if teacher.startswith("openmm") else {}
-        for k, mode in ((k, mode) for k in KS for mode in MODES):
+        for k, mode in ((k, mode) for k in KS for mode in modes):
             n_cycles = max(int(cycles_fs / ((k + 1) * DT)), 2)
             t0 = time.perf_counter()
             cmp = compare_hybrid_to_reference(
@@ -107,7 +118,8 @@ def evaluate(model, teacher, molecules, paths, cycles_fs, rows, label):
 def print_table(rows) -> None:
     head = (
         f"| {'molecule':17s} | corr. | {'mode':7s} | {'k':>2s} | calls ref/hyb | ratio/k | "
-        f"speed-up | drift hyb | drift ref | bond RMSE | RDF diff | T hyb | T ref | retry/fallb |"
+        f"speed-up | drift hyb | drift ref | bond RMSE | RDF diff | T hyb | T ref | retry/fallb | "
+        "E-rej |"
     )
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
@@ -118,7 +130,7 @@ def print_table(rows) -> None:
             f"{c.hybrid_drift:9.3f} | "
             f"{c.reference_drift:9.3f} | {c.bond_rmse:9.4f} | {c.rdf_difference:8.3f} | "
             f"{c.hybrid_temperature:5.0f} | {c.reference_temperature:5.0f} | "
-            f"{c.retries:4d}/{c.fallbacks:<6d} |"
+            f"{c.retries:4d}/{c.fallbacks:<6d} | {c.failures.get('energy', 0):5d} |"
         )
 
 
@@ -132,6 +144,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--robust-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -187,6 +200,19 @@ def main() -> None:
         train, val, resume=True, progress=True,
     )  # fmt: skip
     print(f"  {time.perf_counter() - t0:.0f} s; last epoch {mm.history[-1]}", flush=True)
+    robust_loss = {**loss, "kinetic": 0.1}
+    robust_epochs = 1 if quick else args.robust_epochs
+    t0 = time.perf_counter()
+    print(f"robustness fine-tuning ({ROBUST}, kinetic-energy loss), {robust_epochs} epochs ...")
+    mm_robust = train_kstep(
+        KStepTrainConfig(
+            out_dir=str(work / "mm_robust"), model=model_cfg, epochs=robust_epochs,
+            batch_size=32, lr=5e-4, warmup_steps=20, init_from=str(mm.best_model),
+            loss=robust_loss, **ROBUST,
+        ),
+        train, val, resume=True, progress=True,
+    )  # fmt: skip
+    print(f"  {time.perf_counter() - t0:.0f} s; last epoch {mm_robust.history[-1]}", flush=True)
 
     qm_windows = work / "qm_windows.h5"
     build_windows(
@@ -198,9 +224,9 @@ def main() -> None:
     print(f"fine-tuning MM -> QM on {len(qm_train)} xTB windows (first layer frozen) ...")
     qm = train_kstep(
         KStepTrainConfig(
-            out_dir=str(work / "qm_model"), model=model_cfg, epochs=max(epochs // 2, 1),
-            batch_size=32, lr=5e-4, warmup_steps=10, init_from=str(mm.best_model),
-            freeze_layers=1, loss=loss,
+            out_dir=str(work / "qm_robust"), model=model_cfg, epochs=max(epochs // 2, 1),
+            batch_size=32, lr=5e-4, warmup_steps=10, init_from=str(mm_robust.best_model),
+            freeze_layers=1, loss=robust_loss, **ROBUST,
         ),
         qm_train, resume=True, progress=True,
     )  # fmt: skip
@@ -208,8 +234,10 @@ def main() -> None:
 
     rows: list = []
     print("hybrid vs reference ...", flush=True)
-    evaluate(load_model(mm.best_model), "openmm-gaff2", MM_TEST, mm_paths, 100 if quick else 1000,
-             rows, "MM")  # fmt: skip
+    mm_fs = 100 if quick else 1000
+    evaluate(load_model(mm.best_model), "openmm-gaff2", MM_TEST, mm_paths, mm_fs, rows, "MM-0",
+             modes=("2call", "2c+etol"))  # fmt: skip
+    evaluate(load_model(mm_robust.best_model), "openmm-gaff2", MM_TEST, mm_paths, mm_fs, rows, "MM")
     evaluate(load_model(qm.best_model), "xtb", QM_TEST, qm_paths, 30 if quick else 300, rows, "xTB")
     print()
     print_table(rows)

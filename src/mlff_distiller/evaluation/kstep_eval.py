@@ -5,7 +5,7 @@ RMSE, distance-RDF difference and temperature."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ class KStepComparison:
     retries: int
     fallbacks: int
     completed: bool  # False when the hybrid stopped with an IntegrationError
+    failures: dict[str, int] = field(default_factory=dict)  # rejected jumps by check
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +116,7 @@ def compare_hybrid_to_reference(
         retries=res.retries,
         fallbacks=res.fallbacks,
         completed=completed,
+        failures=dict(res.failures),
     )
 
 
