@@ -71,6 +71,13 @@ def train_command(
     init_from: Path = typer.Option(None, help="k-step model to fine-tune (MM -> QM transfer)"),
     freeze_layers: int = typer.Option(0, help="with --init-from: freeze the first N layers"),
     structural_weight: float = typer.Option(1.0, help="weight of the bond-length loss"),
+    kinetic_weight: float = typer.Option(
+        0.0, help="weight of the per-molecule kinetic-energy loss (trains heating away)"
+    ),
+    noise_positions: float = typer.Option(0.0, help="Gaussian noise on x_t in training, Å"),
+    noise_velocities: float = typer.Option(
+        0.0, help="Gaussian noise on v_t in training, Å/fs for H (x sqrt(m_H/m))"
+    ),
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
     seed: int = typer.Option(0),
 ) -> None:
@@ -98,7 +105,9 @@ def train_command(
             precision=precision,
             device=device,
             seed=seed,
-            loss={"bond": structural_weight},
+            loss={"bond": structural_weight, "kinetic": kinetic_weight},
+            noise_positions=noise_positions,
+            noise_velocities=noise_velocities,
             init_from=str(init_from) if init_from else None,
             freeze_layers=freeze_layers,
         )
@@ -131,6 +140,10 @@ def run_command(
     temperature: float = typer.Option(300.0, help="Maxwell-Boltzmann start velocities, K"),
     fallback: str = typer.Option("physics", help="after the last retry: physics or stop"),
     max_attempts: int = typer.Option(3, help="jump attempts (scales 1, 0.8, 0.64, ...)"),
+    energy_tol: float = typer.Option(
+        0.003, help="total-energy check after the corrector, eV/atom (0: off)"
+    ),
+    energy_anchor: str = typer.Option("cycle", help="energy check against: cycle or start"),
     compare: bool = typer.Option(False, help="also run plain MD and print the comparison"),
     seed: int = typer.Option(0),
 ) -> None:
@@ -149,7 +162,14 @@ def run_command(
         options = {"model": str(student_model)} if corrector == "student" else {}
         if corrector == "openmm-gaff2" and smiles:
             options["smiles"] = smiles
-        config = HybridConfig(k=k, dt=dt, fallback=fallback, max_attempts=max_attempts)
+        config = HybridConfig(
+            k=k,
+            dt=dt,
+            fallback=fallback,
+            max_attempts=max_attempts,
+            energy_tol_per_atom=energy_tol if energy_tol > 0 else None,
+            energy_anchor=energy_anchor,
+        )
         name = str(atoms.info.get("name") or atoms.get_chemical_formula())
         topo = molecule_topology(name, atoms.numbers, atoms.positions, smiles)
         masses = atomic_masses[atoms.numbers]
