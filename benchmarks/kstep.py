@@ -9,10 +9,11 @@ lengths (Å), distance-RDF difference (total variation, 0..1), mean temperatures
 fallbacks, and how many jumps the total-energy check rejected. Modes: ``2call`` real forces at
 both ends of the corrector step (two calls per cycle); ``1call`` the force head's forces for the
 first half-kick (one call per cycle); both raw, without the total-energy check. ``2c+etol`` and
-``1c+etol``: the same with the integrator's total-energy check (``energy_tol_per_atom``, default
-0.003 eV/atom against the cycle start; a rejected jump is retried smaller, then replaced by plain
-MD, which costs force calls). ``1c+resc``: one call plus the NVE energy rescale (total energy
-conserved by construction, so its drift is not a measurement of the network).
+``2c+etS``: two calls with the integrator's total-energy check (``energy_tol_per_atom``, default
+0.003 eV/atom) against the cycle start (``etol``) or the run start (``etS``, which also bounds
+slow heating); a rejected jump is retried smaller, then replaced by plain MD (force calls).
+``1c+resc``: one call plus the NVE energy rescale (total energy conserved by construction, so
+its drift is not a measurement of the network).
 
 Models: an EGNN trained on the MM windows (``mm_model``), then fine-tuned for rollout robustness
 (``mm_robust``: noise on ``x_t, v_t`` with the true targets, plus the kinetic-energy loss); the
@@ -84,7 +85,7 @@ MODES = {  # label -> HybridConfig options
     "2call": {"predicted_forces": False, "energy_tol_per_atom": None},
     "1call": {"predicted_forces": True, "energy_tol_per_atom": None},
     "2c+etol": {"predicted_forces": False},
-    "1c+etol": {"predicted_forces": True},
+    "2c+etS": {"predicted_forces": False, "energy_anchor": "start"},
     "1c+resc": {"predicted_forces": True, "energy_rescale": True, "energy_tol_per_atom": None},
 }
 ROBUST = {"noise_positions": 0.01, "noise_velocities": 0.002}  # Å, Å/fs (hydrogen)
