@@ -109,3 +109,52 @@ def test_kinetic_energy_loss_by_hand():
     assert float(total) == pytest.approx(2.0 * np.mean(rel**2))
     _, no_inputs = kstep_loss(outputs, inp.positions, tgt, w)
     assert "kinetic" not in no_inputs  # the term needs the inputs (masses, v_t)
+
+
+def test_first_order_energy_loss_matches_the_real_energy_change():
+    """A small error (e_x, e_v) of the predicted end state changes E + K by what the loss says
+    (Lennard-Jones trimer; finite differences to first order)."""
+    from ase import Atoms
+    from ase.calculators.lj import LennardJones
+
+    atoms = Atoms("Ar3", positions=[[0, 0, 0], [3.6, 0.2, 0], [1.7, 3.1, 0.3]])
+    atoms.calc = LennardJones(sigma=3.4, epsilon=0.0104, rc=10.0)
+    masses = torch.as_tensor(atoms.get_masses())
+    rng = np.random.default_rng(0)
+    v_end = rng.normal(scale=0.003, size=(3, 3))  # Å/fs
+    e_x = 1e-4 * rng.normal(size=(3, 3))
+    e_v = 1e-5 * rng.normal(size=(3, 3))
+
+    def total(x, v):
+        atoms.positions = x
+        kin = 0.5 * np.sum(atoms.get_masses()[:, None] * v**2) / ase_units.fs**2
+        return atoms.get_potential_energy() + kin
+
+    x_end = atoms.positions.copy()
+    real_change = total(x_end + e_x, v_end + e_v) - total(x_end, v_end)
+    atoms.positions = x_end
+    f = torch.as_tensor(atoms.get_forces())
+    t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
+    inp = KStepInput(
+        atomic_numbers=torch.tensor([18, 18, 18]),
+        masses=masses,
+        positions=torch.zeros(3, 3, dtype=torch.float64),
+        velocities=torch.zeros(3, 3, dtype=torch.float64),  # so v_t + delta_v_true = v_end
+        system_idx=torch.zeros(3, dtype=torch.long),
+        k=torch.tensor([4]),
+        dt=torch.tensor([0.5], dtype=torch.float64),
+    )
+    tgt = KStepTargets(
+        delta_positions=t(x_end),
+        delta_velocities=t(v_end),
+        tau=torch.full((3, 1), 2.0, dtype=torch.float64),
+        bonds=torch.zeros(0, 2, dtype=torch.long),
+        angles=torch.zeros(0, 3, dtype=torch.long),
+        dihedrals=torch.zeros(0, 4, dtype=torch.long),
+        forces=f,
+    )
+    outputs = {DELTA_POSITIONS: t(x_end + e_x), DELTA_VELOCITIES: t(v_end + e_v)}
+    w = KStepLossWeights(delta_x=0, delta_v=0, bond=0, angle=0, dihedral=0, energy=1.0)
+    _, parts = kstep_loss(outputs, inp.positions, tgt, w, inp)
+    assert abs(real_change) > 1e-6  # the error does change the energy
+    assert float(parts["energy"]) == pytest.approx((real_change / 3) ** 2, rel=1e-2)

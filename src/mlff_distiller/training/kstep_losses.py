@@ -11,6 +11,11 @@
   ``v_t + delta_v`` with the true one, as a relative error ``(K_pred - K_true) / K_true``
   squared: a per-window error that averages out in ``delta_v`` but is systematically positive
   heats the hybrid MD cycle after cycle.
+- The energy term (``inputs`` given, targets with forces) is the first-order change of the total
+  energy that the prediction error causes at the true end state:
+  ``dE = sum_i -F_i(x_{t+k}) . (dx_pred - dx_true)_i + m_i v_{t+k,i} . (dv_pred - dv_true)_i``
+  per molecule, squared per atom (eV²): errors along the energy gradient are what the hybrid MD
+  turns into heating and what its total-energy check rejects, so they are penalised directly.
 - The force term (only when the model has a force head and the targets hold forces) compares
   predicted forces at ``x_{t+k}`` with the teacher's, in eV/Å.
 
@@ -65,6 +70,7 @@ class KStepLossWeights:
     dihedral: float = 0.01
     force: float = 0.0
     kinetic: float = 0.0
+    energy: float = 0.0
 
 
 def bond_lengths(positions: torch.Tensor, bonds: torch.Tensor) -> torch.Tensor:
@@ -142,6 +148,31 @@ def kinetic_energy_loss(
     return torch.mean(((pred - true) / true.clamp_min(1e-12)) ** 2)
 
 
+def first_order_energy_loss(
+    delta_positions: torch.Tensor,
+    delta_velocities: torch.Tensor,
+    inputs: KStepInput,
+    targets: KStepTargets,
+) -> torch.Tensor:
+    """Mean over molecules of ``(dE / n_atoms)²`` (eV²), ``dE`` as in the module docstring;
+    needs ``targets.forces`` (eV/Å at ``x_{t+k}``)."""
+    dtype = delta_positions.dtype
+    m = inputs.masses.to(dtype)[:, None]
+    v_end = inputs.velocities + targets.delta_velocities
+    per_atom = -(targets.forces * (delta_positions - targets.delta_positions)).sum(-1)
+    per_atom = (
+        per_atom
+        + (m * v_end * (delta_velocities - targets.delta_velocities)).sum(-1)
+        / units.ASE_TIME_PER_FS**2
+    )
+    n, idx = inputs.n_systems, inputs.system_idx
+    d_energy = torch.zeros(n, dtype=dtype, device=per_atom.device).index_add(0, idx, per_atom)
+    n_atoms = torch.zeros(n, dtype=dtype, device=per_atom.device).index_add(
+        0, idx, torch.ones_like(per_atom)
+    )
+    return torch.mean((d_energy / n_atoms) ** 2)
+
+
 def kstep_loss(
     outputs: dict[str, torch.Tensor],
     positions: torch.Tensor,
@@ -168,6 +199,9 @@ def kstep_loss(
     if w.kinetic > 0 and inputs is not None:
         parts["kinetic"] = kinetic_energy_loss(dv, inputs, targets)
         total = total + w.kinetic * parts["kinetic"]
+    if w.energy > 0 and inputs is not None and targets.forces is not None:
+        parts["energy"] = first_order_energy_loss(dx, dv, inputs, targets)
+        total = total + w.energy * parts["energy"]
     if w.force > 0 and keys.FORCES in outputs and targets.forces is not None:
         parts["force"] = torch.mean((outputs[keys.FORCES] - targets.forces) ** 2)
         total = total + w.force * parts["force"]
