@@ -74,6 +74,9 @@ def train_command(
     kinetic_weight: float = typer.Option(
         0.0, help="weight of the per-molecule kinetic-energy loss (trains heating away)"
     ),
+    energy_weight: float = typer.Option(
+        0.0, help="weight of the first-order total-energy error loss (needs forces)"
+    ),
     noise_positions: float = typer.Option(0.0, help="Gaussian noise on x_t in training, Å"),
     noise_velocities: float = typer.Option(
         0.0, help="Gaussian noise on v_t in training, Å/fs for H (x sqrt(m_H/m))"
@@ -105,7 +108,7 @@ def train_command(
             precision=precision,
             device=device,
             seed=seed,
-            loss={"bond": structural_weight, "kinetic": kinetic_weight},
+            loss={"bond": structural_weight, "kinetic": kinetic_weight, "energy": energy_weight},
             noise_positions=noise_positions,
             noise_velocities=noise_velocities,
             init_from=str(init_from) if init_from else None,
