@@ -66,3 +66,50 @@ def test_split_by_molecule():
     assert sorted(small.values()) == ["test", "train", "val"]
     with pytest.raises(ValueError, match="not among"):
         split_molecules(names, test=["nope"])
+
+
+def _harmonic_h2(n_steps: int = 40, dt: float = 0.5):
+    """Velocity-Verlet of a harmonic H2 bond: positions, on-step and half-step velocities,
+    forces (eV/Å), in the trajectory-dict layout of :func:`read_trajectory`."""
+    from mlff_distiller import units as mu
+
+    k_bond, r0 = 30.0, 0.74  # eV/Å², Å
+    masses = np.array([1.008, 1.008])[:, None]
+    to_acc = mu.ASE_TIME_PER_FS**2 / masses
+
+    def forces(x):
+        d = x[1] - x[0]
+        r = np.linalg.norm(d)
+        f1 = -k_bond * (r - r0) * d / r
+        return np.stack([-f1, f1])
+
+    x = np.array([[0.0, 0, 0], [0.8, 0.05, 0]])
+    v = np.array([[0.002, 0.001, 0], [-0.003, 0, 0.001]])
+    f = forces(x)
+    xs, vs, halfs, fs = [], [], [], []
+    v_half_prev = v - 0.5 * dt * f * to_acc  # v(t - dt/2)
+    for _ in range(n_steps):
+        xs.append(x), vs.append(v), halfs.append(v_half_prev), fs.append(f)
+        v_half = v + 0.5 * dt * f * to_acc
+        x = x + dt * v_half
+        f = forces(x)
+        v = v_half + 0.5 * dt * f * to_acc
+        v_half_prev = v_half
+    traj = {
+        "positions": np.array(xs),
+        "forces": np.array(fs),
+        "time": dt * np.arange(n_steps),
+        "atomic_numbers": np.array([1, 1]),
+    }
+    return traj, np.array(vs), np.array(halfs)
+
+
+def test_half_step_velocities_are_detected_and_moved_on_step():
+    from mlff_distiller.kstep.dataset import to_on_step_velocities, velocities_are_half_step
+
+    traj, on_step, half_step = _harmonic_h2()
+    assert not velocities_are_half_step({**traj, "velocities": on_step}, 0.5)
+    leapfrog = {**traj, "velocities": half_step}
+    assert velocities_are_half_step(leapfrog, 0.5)
+    fixed = to_on_step_velocities(leapfrog, 0.5)
+    np.testing.assert_allclose(fixed["velocities"], on_step, rtol=0, atol=1e-12)

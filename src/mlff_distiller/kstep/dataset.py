@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from ase.data import atomic_masses
 
-from mlff_distiller import keys
+from mlff_distiller import keys, units
 from mlff_distiller.kstep.topology import molecule_topology
 from mlff_distiller.models.kstep_common import KStepInput
 from mlff_distiller.training.kstep_losses import KStepTargets
@@ -110,6 +110,30 @@ def read_trajectory(path: str | Path) -> dict:
         "smiles": str(frames[0].get(keys.SMILES) or ""),
         "dt": trajectory_dt(attrs),
     }
+
+
+def velocities_are_half_step(traj: dict, dt: float) -> bool:
+    """Whether the stored velocities are ``v(t - dt/2)`` (leapfrog / OpenMM's Langevin-middle
+    integrator) rather than ``v(t)``: they match the backward difference ``(x_t - x_{t-1}) / dt``
+    better than the central one. Needs consecutive frames ``dt`` apart."""
+    x, v, t = traj["positions"], traj["velocities"], traj["time"]
+    step = np.isclose(np.diff(t), dt)
+    ok = step[:-1] & step[1:]  # frames i with i - 1 and i + 1 dt away
+    if not ok.any():
+        return False
+    mid = np.flatnonzero(ok) + 1
+    central = (x[mid + 1] - x[mid - 1]) / (2 * dt)
+    backward = (x[mid] - x[mid - 1]) / dt
+    return bool(np.linalg.norm(v[mid] - backward) < np.linalg.norm(v[mid] - central))
+
+
+def to_on_step_velocities(traj: dict, dt: float) -> dict:
+    """A copy of ``traj`` with half-step velocities moved to the frame times:
+    ``v(t) = v(t - dt/2) + dt/2 F(x_t) / m`` (the second half-kick of velocity Verlet), so that
+    windows match the on-step velocities of the hybrid integrator."""
+    masses = atomic_masses[traj["atomic_numbers"]][None, :, None]
+    kick = 0.5 * dt * traj["forces"] * units.ASE_TIME_PER_FS**2 / masses
+    return {**traj, "velocities": traj["velocities"] + kick}
 
 
 def windows_of_trajectory(
@@ -197,9 +221,14 @@ def build_windows(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     test_molecules: Sequence[str] = (),
+    on_step_velocities: bool = False,
 ) -> dict[str, MoleculeWindows]:
     """Windows of every trajectory (several files of one molecule are merged), split by
-    molecule, written to ``out_path``. Returns them by molecule name."""
+    molecule, written to ``out_path``. Returns them by molecule name.
+
+    ``on_step_velocities``: trajectories whose velocities are detected as half-step
+    (:func:`velocities_are_half_step`, e.g. OpenMM Langevin-middle) get on-step velocities
+    (:func:`to_on_step_velocities`), the convention of the hybrid integrator."""
     if not trajectories:
         raise ValueError("no trajectories given to build k-step windows from")
     if any(k < 1 for k in ks) or stride < 1:
@@ -207,6 +236,8 @@ def build_windows(
     merged: dict[str, MoleculeWindows] = {}
     for path in trajectories:
         traj = read_trajectory(path)
+        if on_step_velocities and velocities_are_half_step(traj, dt or traj["dt"]):
+            traj = to_on_step_velocities(traj, dt or traj["dt"])
         arrays = windows_of_trajectory(traj, ks, stride, dt)
         name = traj["name"]
         if name in merged:
