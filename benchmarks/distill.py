@@ -27,8 +27,8 @@ SPEED_BAR = 5.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teachers", nargs="+", default=["xtb", "sevennet"])
-    parser.add_argument("--train-minutes", type=float, default=8.0)
-    parser.add_argument("--sample-fs", type=float, default=1500.0)
+    parser.add_argument("--train-minutes", type=float, default=12.0)
+    parser.add_argument("--sample-fs", type=float, default=3000.0)
     parser.add_argument("--temperature", type=float, default=300.0)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--out", default="runs/distill")
