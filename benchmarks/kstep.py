@@ -20,7 +20,7 @@ Models: an EGNN trained on the MM windows (``mm_model``), then fine-tuned for ro
 xTB model is fine-tuned from ``mm_robust`` on QM windows (``qm_robust``). Rows ``MM-0``: the
 model before the robustness fine-tuning, for comparison.
 
-    python benchmarks/kstep.py            # ~25 min on an idle 2-core CPU (sampling, training)
+    python benchmarks/kstep.py            # ~50 min on a busy 2-core CPU; reruns reuse the cache
     python benchmarks/kstep.py --quick    # a smoke run
 """
 
