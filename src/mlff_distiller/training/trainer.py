@@ -19,6 +19,7 @@ Under ``torchrun`` the run is data-parallel (DDP; gloo on CPU, nccl on GPU).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -160,6 +161,9 @@ def _progress_bar(config: TrainConfig) -> list:
 
 def build_trainer(config: TrainConfig) -> L.Trainer:
     """The Lightning ``Trainer`` of a run: checkpoints, early stopping, loggers, DDP."""
+    # Lightning's info lines (accelerator summary, a logging-service advert) are noise in our
+    # CLI: the run's own summary states the device and why training stopped.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     out = config.out_dir
     accelerator = _accelerator(config)
     precision = _precision(config, accelerator)
