@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -39,6 +40,10 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--energy-weight", type=float, default=10.0)
+    parser.add_argument("--forces-weight", type=float, default=100.0)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
@@ -47,13 +52,24 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_h5, test_h5 = out / "train.h5", out / "test.h5"
-    import_file(DATA / f"rmd17_{args.molecule}_train_01.npz", train_h5)
-    import_file(DATA / f"rmd17_{args.molecule}_test_01.npz", test_h5)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 imports, the others wait
+    ready = out / f".imported-{os.environ.get('TORCHELASTIC_RUN_ID', 'single')}"
+    if rank == 0:
+        import_file(DATA / f"rmd17_{args.molecule}_train_01.npz", train_h5)
+        import_file(DATA / f"rmd17_{args.molecule}_test_01.npz", test_h5)
+        ready.touch()
+    else:
+        deadline = time.monotonic() + 600.0
+        while not ready.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank {rank}: rank 0 did not import the data into {out}")
+            time.sleep(0.5)
 
     cfg = TrainConfig(
         data=str(train_h5), train_size=950, val_size=50, hidden=args.hidden, n_interactions=3,
-        n_rbf=20, cutoff=5.0, energy_weight=10.0, forces_weight=100.0, lr=args.lr,
-        warmup_steps=200, schedule="cosine", min_lr_ratio=0.01, ema_decay=0.995, patience=0,
+        n_rbf=20, cutoff=5.0, energy_weight=args.energy_weight, forces_weight=args.forces_weight,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=200, schedule="cosine",
+        min_lr_ratio=0.01, ema_decay=args.ema, patience=0,
         max_epochs=100_000, max_time_min=args.minutes, batch_size=args.batch_size,
         val_batch_size=50, seed=0, accelerator=args.accelerator, out=str(out / "train"),
         progress_bar=False,
@@ -61,6 +77,8 @@ def main() -> None:
     t0 = time.perf_counter()
     result = train(cfg)
     wall = time.perf_counter() - t0
+    if rank != 0:
+        return
 
     from mlff_distiller.data.hdf5 import Dataset
 

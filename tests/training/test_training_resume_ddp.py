@@ -94,3 +94,24 @@ def test_torchrun_two_processes_stay_in_sync_and_learn(ethanol_h5, tmp_path, val
     curve = val_curve(Path(cfg.out))
     assert len(curve) == cfg.max_epochs
     assert min(curve) < 0.6 * curve[0]
+
+
+@pytest.mark.timeout(300)
+def test_torchrun_time_budget_keeps_ranks_in_sync(ethanol_h5, tmp_path):
+    """With a wall-clock budget the cosine follows the time fraction; each rank's clock differs a
+    little, so the ranks agree on the largest one and apply the same learning rate."""
+    cfg = TrainConfig(
+        data=str(ethanol_h5), out=str(tmp_path / "ddp_time"), max_epochs=100_000,
+        max_time_min=0.25, schedule="cosine", **SMALL,
+    )  # fmt: skip
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2",
+         "-m", "mlff_distiller.cli.main", "train", *cli_args(cfg), "--accelerator", "cpu"],
+        env=env(), capture_output=True, text=True, timeout=280,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((Path(cfg.out) / "result.json").read_text())
+    assert result["world_size"] == 2
+    assert result["epochs"] < cfg.max_epochs  # the budget, not the epoch limit, ended it
+    assert result["ddp_max_param_diff"] == 0.0

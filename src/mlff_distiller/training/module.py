@@ -99,7 +99,13 @@ class DistillationModule(L.LightningModule):
         timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
         if timer is None:
             return 0.0
-        return timer.time_elapsed("train") / (self.config.max_time_min * 60.0)
+        fraction = timer.time_elapsed("train") / (self.config.max_time_min * 60.0)
+        if self.trainer.world_size > 1:
+            # ranks' clocks differ slightly: take the largest so that every rank applies the
+            # same learning rate (different rates would let the replicas' weights drift apart)
+            value = torch.tensor([fraction], dtype=torch.float64, device=self.device)
+            fraction = float(self.trainer.strategy.reduce(value, reduce_op="max").item())
+        return fraction
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
