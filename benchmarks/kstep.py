@@ -36,9 +36,15 @@ from ase.data import atomic_masses
 
 from mlff_distiller.data.hdf5 import Dataset
 from mlff_distiller.data.structures import from_smiles
-from mlff_distiller.evaluation.kstep_eval import compare_hybrid_to_reference
+from mlff_distiller.evaluation.kstep_eval import compare_hybrid_to_reference, jump_energy_error
 from mlff_distiller.kstep.correctors import make_corrector
-from mlff_distiller.kstep.dataset import KStepWindows, build_windows
+from mlff_distiller.kstep.dataset import (
+    KStepWindows,
+    build_windows,
+    read_trajectory,
+    to_on_step_velocities,
+    velocities_are_half_step,
+)
 from mlff_distiller.kstep.integrator import HybridConfig
 from mlff_distiller.kstep.topology import molecule_topology
 from mlff_distiller.models.io import load_model
@@ -46,7 +52,7 @@ from mlff_distiller.teachers import get_teacher
 from mlff_distiller.teachers.sampling import SamplingConfig, sample
 from mlff_distiller.training.kstep_trainer import KStepTrainConfig, train_kstep
 
-MM_TRAIN = {
+MM_TRAIN_SMALL = {
     "ethanol": "CCO",
     "propane": "CCC",
     "acetone": "CC(=O)C",
@@ -54,6 +60,37 @@ MM_TRAIN = {
     "acetic_acid": "CC(=O)O",
     "dimethyl_ether": "COC",
     "propanal": "CCC=O",
+}
+MM_TRAIN = {  # H, C, N, O chemistry of small organics: alkanes to amides, none of MM_TEST
+    **MM_TRAIN_SMALL,
+    "methanol": "CO",
+    "ethane": "CC",
+    "butane": "CCCC",
+    "isobutane": "CC(C)C",
+    "propene": "C=CC",
+    "propan_1_ol": "CCCO",
+    "butan_2_ol": "CCC(C)O",
+    "tert_butanol": "CC(C)(C)O",
+    "ethylamine": "CCN",
+    "dimethylamine": "CNC",
+    "trimethylamine": "CN(C)C",
+    "acetamide": "CC(N)=O",
+    "n_methylacetamide": "CC(=O)NC",
+    "methyl_acetate": "CC(=O)OC",
+    "ethyl_formate": "CCOC=O",
+    "formic_acid": "OC=O",
+    "acetonitrile": "CC#N",
+    "butanone": "CCC(C)=O",
+    "ethylene_glycol": "OCCO",
+    "methoxyethane": "CCOC",
+    "diethyl_ether": "CCOCC",
+    "cyclopropane": "C1CC1",
+    "cyclobutane": "C1CCC1",
+    "oxirane": "C1CO1",
+    "propanoic_acid": "CCC(=O)O",
+    "urea": "NC(N)=O",
+    "hydroxyacetone": "CC(=O)CO",
+    "acrolein": "C=CC=O",
 }
 MM_TEST = {"isopropanol": "CC(C)O", "acetaldehyde": "CC=O"}
 QM_TRAIN = {"ethanol": "CCO", "methylamine": "CN"}
@@ -116,6 +153,26 @@ def evaluate(model, teacher, molecules, paths, cycles_fs, rows, label, modes=tup
             print(f"  {name} {label} k={k} {mode}: {time.perf_counter() - t0:.1f} s", flush=True)
 
 
+def jump_errors(models, teacher, molecules, paths, every) -> None:
+    """Per-jump total-energy error (eV/atom) of each model on each held-out trajectory."""
+    print("| molecule | model | k | jumps | mean dE/atom | rms dE/atom | trajectory rms |")
+    print("|---|---|---|---|---|---|---|")
+    for name, smiles in molecules.items():
+        traj = read_trajectory(paths[name])
+        if velocities_are_half_step(traj, DT):
+            traj = to_on_step_velocities(traj, DT)
+        atoms = from_smiles(smiles, name=name)[0]
+        atoms.positions = traj["positions"][0]
+        options = {"smiles": smiles} if teacher.startswith("openmm") else {}
+        masses = atomic_masses[traj["atomic_numbers"]]
+        for label, model in models.items():
+            for k in KS:
+                corrector = make_corrector(teacher, atoms, **options)
+                e = jump_energy_error(model, corrector, traj, masses, k, DT, every, name)
+                print(f"| {name} | {label} | {k} | {e.n_jumps} | {e.network_mean:+.2e} | "
+                      f"{e.network_rms:.2e} | {e.trajectory_rms:.2e} |", flush=True)
+
+
 def print_table(rows) -> None:
     head = (
         f"| {'molecule':17s} | corr. | {'mode':7s} | {'k':>2s} | calls ref/hyb | ratio/k | "
@@ -147,6 +204,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--robust-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--train-set",
+        choices=("large", "small"),
+        default="large",
+        help=f"MM training molecules: {len(MM_TRAIN)} (large) or {len(MM_TRAIN_SMALL)} (small)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work
@@ -170,14 +233,16 @@ def main() -> None:
     )
     t0 = time.perf_counter()
     print("sampling MM (OpenMM GAFF2) and QM (GFN2-xTB) reference trajectories ...", flush=True)
-    mm_paths = sample_all({**MM_TRAIN, **MM_TEST}, "openmm-gaff2", work, mm_cfg)
+    mm_train = MM_TRAIN if args.train_set == "large" else MM_TRAIN_SMALL
+    mm_paths = sample_all({**mm_train, **MM_TEST}, "openmm-gaff2", work, mm_cfg)
     qm_paths = sample_all({**QM_TRAIN, **QM_TEST}, "xtb", work, qm_cfg)
     print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
 
     mm_windows = work / "mm_windows.h5"
+    fractions = (0.85, 0.1, 0.05) if args.train_set == "large" else (0.8, 0.1, 0.1)
     build_windows(
         list(mm_paths.values()), mm_windows, ks=KS, stride=8 if not quick else 20,
-        fractions=(0.8, 0.1, 0.1), test_molecules=list(MM_TEST),
+        fractions=fractions, test_molecules=list(MM_TEST),
     )  # fmt: skip
     train = KStepWindows.from_file(mm_windows, "train", augment_rotations=True)
     val = KStepWindows.from_file(mm_windows, "val")
@@ -232,6 +297,12 @@ def main() -> None:
         qm_train, resume=True, progress=True,
     )  # fmt: skip
     print(f"  {time.perf_counter() - t0:.0f} s; last epoch {qm.history[-1]}", flush=True)
+
+    print("\nenergy error of single jumps from held-out trajectory frames (eV/atom):")
+    mm_models = {"MM-0": load_model(mm.best_model), "MM": load_model(mm_robust.best_model)}
+    jump_errors(mm_models, "openmm-gaff2", MM_TEST, mm_paths, 200 if quick else 50)
+    jump_errors({"xTB": load_model(qm.best_model)}, "xtb", QM_TEST, qm_paths, 20 if quick else 25)
+    print()
 
     rows: list = []
     print("hybrid vs reference ...", flush=True)

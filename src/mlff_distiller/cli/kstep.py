@@ -27,6 +27,12 @@ def dataset_command(
     val_fraction: float = typer.Option(0.15, help="fraction of molecules for validation"),
     test_molecule: list[str] = typer.Option([], help="force a molecule (by name) into test"),
     seed: int = typer.Option(0, help="seed of the molecule split"),
+    on_step: bool = typer.Option(
+        True,
+        "--on-step/--as-stored",
+        help="move half-step (leapfrog, OpenMM) velocities to the frame times, as the hybrid "
+        "integrator uses them",
+    ),
 ) -> None:
     """Build (x_t, v_t) -> (x_t+k, v_t+k) windows, split by molecule."""
     from mlff_distiller.kstep.dataset import build_windows
@@ -42,6 +48,7 @@ def dataset_command(
             fractions=(train_fraction, val_fraction, test_fraction),
             seed=seed,
             test_molecules=test_molecule,
+            on_step_velocities=on_step,
         )
     for mol in mols.values():
         console.print(f"{mol.name:24s} {mol.split:5s} {mol.n_windows:7d} windows")

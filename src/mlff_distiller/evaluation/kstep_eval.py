@@ -1,6 +1,7 @@
 """Hybrid k-step MD against plain velocity-Verlet MD from the same start with the same kind of
 corrector: force calls, wall-clock (network time included), NVE energy drift, bond-length
-RMSE, distance-RDF difference and temperature."""
+RMSE, distance-RDF difference and temperature; and the total-energy error of single jumps from
+trajectory frames (:func:`jump_energy_error`), the per-cycle bias behind a hybrid's drift."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from mlff_distiller.kstep.integrator import (
     HybridConfig,
     HybridIntegrator,
     IntegrationError,
+    kinetic_energy,
     velocity_verlet_trajectory,
 )
 from mlff_distiller.kstep.topology import Topology
@@ -124,3 +126,62 @@ def _drift(frames: dict[str, np.ndarray]) -> float:
     if len(frames["time"]) < 2:
         return float("nan")
     return energy_drift(frames["time"], frames["potential_energy"] + frames["kinetic_energy"])
+
+
+@dataclass
+class JumpEnergyError:
+    """Total-energy change over one k-step jump, eV/atom, from frames of a trajectory: of the
+    network's jumps and, for scale, of the trajectory's own k steps. ``mean`` is the systematic
+    part (it heats or cools the hybrid every cycle), ``rms`` the spread."""
+
+    molecule: str
+    k: int
+    n_jumps: int
+    network_mean: float
+    network_rms: float
+    trajectory_mean: float
+    trajectory_rms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def jump_energy_error(
+    model: torch.nn.Module,
+    corrector: Corrector,
+    trajectory: dict[str, np.ndarray],
+    masses: np.ndarray,
+    k: int,
+    dt: float,
+    every: int = 50,
+    molecule: str = "",
+) -> JumpEnergyError:
+    """Per-jump total-energy error of ``model`` on frames ``0, every, 2 every, ...`` of
+    ``trajectory`` (``positions`` (n_frames, n_atoms, 3) Å, ``velocities`` on-step Å/fs, consecutive
+    frames ``dt`` fs apart), with energies from ``corrector``. Returns eV/atom."""
+    x_all, v_all = trajectory["positions"], trajectory["velocities"]
+    numbers = np.asarray(trajectory["atomic_numbers"])
+    hybrid = HybridIntegrator(
+        model, corrector, numbers, masses, np.zeros((0, 2)), np.zeros(0), HybridConfig(k=k, dt=dt)
+    )
+    n_atoms = len(masses)
+    net, true = [], []
+    for i in range(0, len(x_all) - k, every):
+        x, v = x_all[i], v_all[i]
+        e0, f0 = corrector.forces(x)
+        start = e0 + kinetic_energy(v, masses)
+        dx, dv, _ = hybrid.predict(x, v, f0)
+        e_jump, _ = corrector.forces(x + dx)
+        net.append((e_jump + kinetic_energy(v + dv, masses) - start) / n_atoms)
+        e_k, _ = corrector.forces(x_all[i + k])
+        true.append((e_k + kinetic_energy(v_all[i + k], masses) - start) / n_atoms)
+    net_a, true_a = np.asarray(net), np.asarray(true)
+    return JumpEnergyError(
+        molecule=molecule,
+        k=k,
+        n_jumps=len(net_a),
+        network_mean=float(net_a.mean()),
+        network_rms=float(np.sqrt((net_a**2).mean())),
+        trajectory_mean=float(true_a.mean()),
+        trajectory_rms=float(np.sqrt((true_a**2).mean())),
+    )

@@ -221,14 +221,15 @@ def build_windows(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     test_molecules: Sequence[str] = (),
-    on_step_velocities: bool = False,
+    on_step_velocities: bool = True,
 ) -> dict[str, MoleculeWindows]:
     """Windows of every trajectory (several files of one molecule are merged), split by
     molecule, written to ``out_path``. Returns them by molecule name.
 
-    ``on_step_velocities``: trajectories whose velocities are detected as half-step
+    ``on_step_velocities`` (default): trajectories whose velocities are detected as half-step
     (:func:`velocities_are_half_step`, e.g. OpenMM Langevin-middle) get on-step velocities
-    (:func:`to_on_step_velocities`), the convention of the hybrid integrator."""
+    (:func:`to_on_step_velocities`), the convention of the hybrid integrator, which hands the
+    network ``v(t)`` after each corrector step; ``False`` keeps the velocities as stored."""
     if not trajectories:
         raise ValueError("no trajectories given to build k-step windows from")
     if any(k < 1 for k in ks) or stride < 1:
