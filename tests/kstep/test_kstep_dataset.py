@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from mlff_distiller import units
 from mlff_distiller.data.hdf5 import Dataset
 from mlff_distiller.kstep.dataset import (
     KStepWindows,
@@ -15,7 +16,7 @@ from mlff_distiller.kstep.dataset import (
 
 def test_windows_match_trajectory_frames(gaff2_trajectories, tmp_path):
     path = gaff2_trajectories["methanol"]
-    mols = build_windows([path], tmp_path / "w.h5", ks=(4, 8), stride=3)
+    mols = build_windows([path], tmp_path / "w.h5", ks=(4, 8), stride=3, on_step_velocities=False)
     mol = mols["methanol"]
     with Dataset(path) as ds:
         n = len(ds)
@@ -32,6 +33,11 @@ def test_windows_match_trajectory_frames(gaff2_trajectories, tmp_path):
     assert mol.dt[w] == 0.5 and len(mol.bonds) == 5  # C-O, O-H, 3 C-H
     back = read_windows(tmp_path / "w.h5")[0]
     np.testing.assert_array_equal(back.x_tk, mol.x_tk)
+    # by default OpenMM's half-step velocities are moved on step: v(t) = v(t - dt/2) + dt/2 F/m
+    on_step = build_windows([path], tmp_path / "w2.h5", ks=(4, 8), stride=3)["methanol"]
+    kick = 0.5 * 0.5 * frames[6]["forces"] * units.ASE_TIME_PER_FS**2 / mol.masses[:, None]
+    np.testing.assert_allclose(on_step.v_t[w], frames[6]["velocities"] + kick, rtol=1e-12)
+    np.testing.assert_array_equal(on_step.x_t[w], mol.x_t[w])
 
 
 def test_batches_are_centred_and_rotations_are_consistent(gaff2_trajectories, tmp_path):
