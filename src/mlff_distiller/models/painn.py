@@ -234,14 +234,22 @@ class PaiNN(nn.Module):
         s = self.embedding(z)  # (n, F)
         v = None  # (n, 3, F); zero before the first message, kept as None to skip work
         last = cfg.n_interactions - 1
+        # split/unbind rather than slicing: their backward concatenates instead of scattering
+        # into zero-filled copies (the autograd training step is ~1/3 fills otherwise)
+        filter_blocks = (
+            [filters] * cfg.n_interactions
+            if cfg.shared_filters
+            else filters.split(3 * hidden, dim=1)
+        )
         for t in range(cfg.n_interactions):
             block = self.messages[t]
-            w = filters if cfg.shared_filters else filters[:, 3 * hidden * t : 3 * hidden * (t + 1)]
+            w = filter_blocks[t]
             pre = block.phi_in(s)
             act = silu(pre)
             phi_j = block.phi_out(act).index_select(0, j)  # (e, 3F)
             x = (phi_j * w).view(-1, 3, hidden)  # (e, 3, F) = [x_s, x_vv, x_vs]
-            x_s, x_vv, x_vs = x[:, 0], x[:, 1:2], x[:, 2:3]  # (e, F), (e, 1, F), (e, 1, F)
+            x_s, x_vv, x_vs = x.split(1, dim=1)  # (e, 1, F) each
+            x_s = x_s.squeeze(1)  # (e, F)
             dv_edge = x_vs * unit3  # (e, 3, F)
             v_j = None
             if v is not None:
@@ -267,8 +275,8 @@ class PaiNN(nn.Module):
             norm = torch.sqrt((v_v * v_v).sum(1) + cfg.norm_eps)  # (n, F)
             pre = upd.mlp_in(torch.cat([s, norm], dim=1))
             a = upd.mlp_out(silu(pre))  # (n, 3F) = [a_vv, a_sv, a_ss]
-            a3 = a.view(-1, 3, hidden)
-            a_vv, a_sv, a_ss = a3[:, 0:1], a3[:, 1], a3[:, 2]  # (n, 1, F), (n, F), (n, F)
+            a_vv, a_sv, a_ss = a.view(-1, 3, hidden).split(1, dim=1)  # (n, 1, F) each
+            a_sv, a_ss = a_sv.squeeze(1), a_ss.squeeze(1)  # (n, F)
             dot = (u_v * v_v).sum(1)  # (n, F)
             if keep is not None:
                 keep.update.append(
