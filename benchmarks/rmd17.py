@@ -46,6 +46,11 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (a longer --minutes extends it)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -54,9 +59,10 @@ def main() -> None:
     train_h5, test_h5 = out / "train.h5", out / "test.h5"
     rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 imports, the others wait
     ready = out / f".imported-{os.environ.get('TORCHELASTIC_RUN_ID', 'single')}"
-    if rank == 0:
+    if rank == 0 and not (args.resume and train_h5.is_file() and test_h5.is_file()):
         import_file(DATA / f"rmd17_{args.molecule}_train_01.npz", train_h5)
         import_file(DATA / f"rmd17_{args.molecule}_test_01.npz", test_h5)
+    if rank == 0:
         ready.touch()
     else:
         deadline = time.monotonic() + 600.0
@@ -75,7 +81,7 @@ def main() -> None:
         progress_bar=False,
     )
     t0 = time.perf_counter()
-    result = train(cfg)
+    result = train(cfg, resume=args.resume)
     wall = time.perf_counter() - t0
     if rank != 0:
         return
