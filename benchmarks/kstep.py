@@ -93,7 +93,18 @@ MM_TRAIN = {  # H, C, N, O chemistry of small organics: alkanes to amides, none 
     "acrolein": "C=CC=O",
 }
 MM_TEST = {"isopropanol": "CC(C)O", "acetaldehyde": "CC=O"}
-QM_TRAIN = {"ethanol": "CCO", "methylamine": "CN"}
+QM_TRAIN = {  # xTB MD is ~50x dearer than GAFF2: a smaller set for the MM -> QM fine-tuning
+    "ethanol": "CCO",
+    "methylamine": "CN",
+    "propane": "CCC",
+    "acetone": "CC(=O)C",
+    "acetic_acid": "CC(=O)O",
+    "dimethyl_ether": "COC",
+    "propanal": "CCC=O",
+    "butan_2_ol": "CCC(C)O",
+    "ethylamine": "CCN",
+    "methyl_acetate": "CC(=O)OC",
+}
 QM_TEST = {"isopropanol_qm": "CC(C)O"}  # held out of MM and QM training
 KS = (4, 8, 12)
 DT = 0.5  # fs, no constraints: the hybrid's velocity-Verlet corrector is unconstrained

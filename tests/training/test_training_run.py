@@ -73,3 +73,20 @@ def test_exported_model_equals_best_checkpoint(two_runs, ethanol_h5):
     # and it learnt the scale of the labels: energies within 0.1 eV/atom of the references
     err = (e1[keys.ENERGY] - batch.labels[keys.ENERGY]).abs() / 9
     assert float(err.max()) < 0.1
+
+
+
+def test_last_checkpoint_follows_every_epoch(ethanol_h5, tmp_path):
+    """last.ckpt is the final epoch even when validation got worse (Lightning's own save_last
+    writes it only with a better checkpoint): a kill loses at most one epoch."""
+    cfg = TrainConfig(
+        data=str(ethanol_h5), out=str(tmp_path / "diverge"), train_size=60, val_size=20,
+        hidden=8, n_interactions=1, n_rbf=6, max_epochs=5, batch_size=10, warmup_steps=1,
+        lr=0.5, grad_clip=0.0, ema_decay=0.0, patience=0, progress_bar=False, seed=1,
+    )  # fmt: skip  (a learning rate that makes validation worse after the first epochs)
+    result = train(cfg)
+    last = load_checkpoint(Path(cfg.out) / "checkpoints" / "last.ckpt")
+    best = load_checkpoint(result.best_checkpoint)
+    assert last["epoch"] == cfg.max_epochs - 1
+    assert last["global_step"] == result.global_step
+    assert best["epoch"] < last["epoch"]  # the case Lightning's save_last gets wrong

@@ -54,6 +54,7 @@ from mlff_distiller.training.module import (
 
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT_NAME = "last"  # checkpoints/last.ckpt
 
 
 @dataclass
@@ -174,11 +175,20 @@ def build_trainer(config: TrainConfig) -> L.Trainer:
         monitor=VAL_FORCE_MAE,
         mode="min",
         save_top_k=1,
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks: list = [checkpoint, *_progress_bar(config)]
+    # Lightning's save_last writes last.ckpt only when a better checkpoint is saved; a second
+    # callback writes it after every validation, so a kill loses at most one epoch
+    last = ModelCheckpoint(
+        dirpath=out / CHECKPOINT_DIR,
+        filename=LAST_CHECKPOINT_NAME,
+        monitor=None,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks: list = [checkpoint, last, *_progress_bar(config)]
     if config.patience > 0:
         callbacks.append(
             EarlyStopping(monitor=VAL_FORCE_MAE, mode="min", patience=config.patience)
@@ -218,7 +228,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """
     start = time.perf_counter()
     out = config.out_dir
-    last = out / CHECKPOINT_DIR / "last.ckpt"
+    last = out / CHECKPOINT_DIR / f"{LAST_CHECKPOINT_NAME}.ckpt"
     ckpt_path = None
     if resume:
         if last.is_file():
