@@ -35,6 +35,18 @@ def env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def torchrun_two_processes(config: TrainConfig) -> dict:
+    """``mlffd train`` under ``torchrun`` with two CPU processes; returns its result.json."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2",
+         "-m", "mlff_distiller.cli.main", "train", *cli_args(config), "--accelerator", "cpu"],
+        env=env(), capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads((Path(config.out) / "result.json").read_text())
+
+
 def test_sigkill_then_resume_continues(ethanol_h5, tmp_path, val_curve):
     cfg = TrainConfig(data=str(ethanol_h5), out=str(tmp_path / "run"), max_epochs=30, **SMALL)
     last = Path(cfg.out) / "checkpoints" / "last.ckpt"
@@ -80,14 +92,7 @@ def test_sigkill_then_resume_continues(ethanol_h5, tmp_path, val_curve):
 @pytest.mark.timeout(300)
 def test_torchrun_two_processes_stay_in_sync_and_learn(ethanol_h5, tmp_path, val_curve):
     cfg = TrainConfig(data=str(ethanol_h5), out=str(tmp_path / "ddp"), max_epochs=8, **SMALL)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    run = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2",
-         "-m", "mlff_distiller.cli.main", "train", *cli_args(cfg), "--accelerator", "cpu"],
-        env=env(), capture_output=True, text=True, timeout=280,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads((Path(cfg.out) / "result.json").read_text())
+    result = torchrun_two_processes(cfg)
     assert result["world_size"] == 2
     assert result["ddp_max_param_diff"] == 0.0  # identical weights on both ranks
     assert result["global_step"] == cfg.max_epochs * 5  # each rank sees half of the 100
@@ -104,14 +109,7 @@ def test_torchrun_time_budget_keeps_ranks_in_sync(ethanol_h5, tmp_path):
         data=str(ethanol_h5), out=str(tmp_path / "ddp_time"), max_epochs=100_000,
         max_time_min=0.25, schedule="cosine", **SMALL,
     )  # fmt: skip
-    torchrun = Path(sys.executable).with_name("torchrun")
-    run = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2",
-         "-m", "mlff_distiller.cli.main", "train", *cli_args(cfg), "--accelerator", "cpu"],
-        env=env(), capture_output=True, text=True, timeout=280,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads((Path(cfg.out) / "result.json").read_text())
+    result = torchrun_two_processes(cfg)
     assert result["world_size"] == 2
     assert result["epochs"] < cfg.max_epochs  # the budget, not the epoch limit, ended it
     assert result["ddp_max_param_diff"] == 0.0
