@@ -44,6 +44,14 @@ def main() -> None:
     parser.add_argument("--forces-weight", type=float, default=100.0)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights")
+    parser.add_argument(
+        "--force-method", default="analytical", choices=["analytical", "autograd"],
+        help="forces in the training loss (same gradients; analytical is faster)",
+    )
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false",
+        help="do not torch.compile the training step's energy+forces",
+    )
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument(
@@ -77,7 +85,8 @@ def main() -> None:
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=200, schedule="cosine",
         min_lr_ratio=0.01, ema_decay=args.ema, patience=0,
         max_epochs=100_000, max_time_min=args.minutes, batch_size=args.batch_size,
-        val_batch_size=50, seed=0, accelerator=args.accelerator, out=str(out / "train"),
+        val_batch_size=50, seed=0, accelerator=args.accelerator,
+        force_method=args.force_method, compile=args.compile, out=str(out / "train"),
         progress_bar=False,
     )
     t0 = time.perf_counter()

@@ -86,7 +86,9 @@ def test_cli_overrides_yaml(tmp_path):
 @pytest.mark.parametrize(
     "bad, word",
     [({"schedule": "linear"}, "schedule"), ({"lr": -1.0}, "lr"), ({"ema_decay": 1.0}, "ema_decay"),
-     ({"val_size": 0}, "val_size"), ({"precision": "8-true"}, "precision")],
+     ({"val_size": 0}, "val_size"), ({"precision": "8-true"}, "precision"),
+     ({"force_method": "numerical"}, "force_method"),
+     ({"precision": "bf16-mixed"}, "force_method 'autograd'")],
 )
 def test_bad_config_values_name_the_field(bad, word):
     with pytest.raises(ValueError, match=word):

@@ -3,7 +3,8 @@
 No autograd: the forward pass keeps what the backward needs (:class:`Intermediates`), then the
 gradient of the total energy is chained by hand from the readout back through the interaction
 blocks in reverse, into per-edge gradients w.r.t. distance and direction, and scattered onto
-atoms with ``index_add_``. Everything runs under ``torch.inference_mode()``.
+atoms with ``index_add_``. It runs under ``torch.inference_mode()``, or with autograd recording
+for training (``create_graph=True``).
 
 Notation (per interaction block ``t``; ``i`` receiver, ``j`` sender of edge ``e``):
 
@@ -42,12 +43,23 @@ def analytic_energy_and_forces(
     batch: AtomsBatch,
     edges: tuple[torch.Tensor, torch.Tensor] | None = None,
     compiled: bool = False,
+    create_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
     """``{ENERGY: (n_systems,), FORCES: (n_atoms, 3)}`` with the analytical backward.
 
     ``compiled=True`` runs the same code through ``torch.compile`` (dynamic shapes, one graph;
     the first call compiles for about a minute on a CPU, later sizes reuse it).
+    ``create_graph=True`` runs it with autograd recording, so that energy and forces are
+    differentiable w.r.t. the parameters (force training: one ordinary backward through the
+    hand-derived graph instead of autograd's double backward; the same gradients).
     """
+    if create_graph:
+        if edges is None:
+            edges = model.neighbors(batch)
+        run = _compiled_energy_and_forces() if compiled else _energy_and_forces
+        with torch.enable_grad():
+            energy, forces = run(model, batch, edges)
+        return {keys.ENERGY: energy, keys.FORCES: forces}
     if not compiled:
         with torch.inference_mode():
             energy, forces = _energy_and_forces(model, batch, edges)

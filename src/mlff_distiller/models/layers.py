@@ -27,8 +27,11 @@ def silu_backward(pre_activation: torch.Tensor, grad_output: torch.Tensor) -> to
     """``grad_output * dSiLU/dh`` at the saved pre-activation ``h`` (same shapes, broadcastable).
 
     Evaluates the formula of :func:`silu_derivative` with ATen's fused elementwise kernel: one op
-    instead of four, no autograd involved.
+    instead of four. ATen's kernel has no derivative of its own, so when a gradient will flow
+    through the result (training on analytical forces) the written-out formula is used.
     """
+    if torch.is_grad_enabled() and (pre_activation.requires_grad or grad_output.requires_grad):
+        return grad_output * silu_derivative(pre_activation)
     if grad_output.shape != pre_activation.shape:
         grad_output = grad_output.expand_as(pre_activation)
     return torch.ops.aten.silu_backward(grad_output, pre_activation)

@@ -307,14 +307,17 @@ class PaiNN(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """``{ENERGY: (n_systems,), FORCES: (n_atoms, 3)}``.
 
-        ``method="analytical"``: hand-derived backward under ``torch.inference_mode`` (no
-        gradients to parameters; for MD and evaluation). ``method="autograd"``: ``-dE/dpos`` by
-        autograd; ``create_graph=True`` keeps the graph for force-matching losses.
+        ``method="analytical"``: hand-derived backward under ``torch.inference_mode`` (for MD and
+        evaluation), or, with ``create_graph=True``, recorded by autograd so that a force loss
+        can be differentiated w.r.t. the parameters. ``method="autograd"``: ``-dE/dpos`` by
+        autograd; ``create_graph=True`` keeps the graph (double backward) for force losses.
         """
         if method == "analytical":
             from mlff_distiller.models.analytic_forces import analytic_energy_and_forces
 
-            return analytic_energy_and_forces(self, batch, edges, compiled=self.compiled_forces)
+            return analytic_energy_and_forces(
+                self, batch, edges, compiled=self.compiled_forces, create_graph=create_graph
+            )
         if method == "autograd":
             return forces_autograd(self, batch, create_graph=create_graph, edges=edges)
         raise ValueError(f"force method must be 'analytical' or 'autograd', got {method!r}")

@@ -15,6 +15,7 @@ SPLITS = ("frame", "molecule")
 SCHEDULES = ("cosine", "plateau")
 PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
+FORCE_METHODS = ("analytical", "autograd")
 
 
 @dataclass
@@ -39,6 +40,8 @@ class TrainConfig:
     # loss
     energy_weight: float = 1.0
     forces_weight: float = 100.0
+    force_method: str = "analytical"
+    compile: bool = False
     # optimisation
     lr: float = 5e-4
     weight_decay: float = 0.0
@@ -71,6 +74,12 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("accelerator", self.accelerator, ACCELERATORS)
+        _choice("force_method", self.force_method, FORCE_METHODS)
+        if self.force_method == "analytical" and self.precision.endswith("-mixed"):
+            raise ValueError(
+                f"precision '{self.precision}' needs force_method 'autograd': the analytical "
+                "force backward is written for one floating-point type"
+            )
         for name in ("train_size", "cutoff", "lr", "batch_size", "val_batch_size", "max_epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"config field '{name}' must be > 0, got {getattr(self, name)}")

@@ -1,6 +1,8 @@
 """The Lightning module of distillation: loss, optimiser, schedule, EMA and validation metrics.
 
-Training differentiates the force loss through the autograd forces (``create_graph=True``);
+Training differentiates the force loss through the forces of ``config.force_method``: the
+hand-derived backward recorded by autograd ("analytical", optionally compiled) or autograd's
+double backward ("autograd"); both give the same parameter gradients.
 validation runs the EMA copy of the weights and reports, over the whole validation split and
 all DDP ranks: energy MAE (meV/atom), force MAE and RMSE (meV/Å).
 """
@@ -26,10 +28,14 @@ VAL_FORCE_RMSE = "val_force_rmse"
 
 
 def predict_energy_forces(
-    model: nn.Module, batch: AtomsBatch, create_graph: bool
+    model: nn.Module, batch: AtomsBatch, create_graph: bool, method: str = "analytical"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energy (n_systems,) and autograd forces (n_atoms, 3) of ``model`` on ``batch``."""
-    out = model.energy_and_forces(batch, method="autograd", create_graph=create_graph)
+    """Energy (n_systems,) and forces (n_atoms, 3) of ``model`` on ``batch``.
+
+    ``method``: "analytical" or "autograd" (``PaiNN.energy_and_forces``); ``create_graph=True``
+    makes both differentiable w.r.t. the parameters, with the same gradients.
+    """
+    out = model.energy_and_forces(batch, method=method, create_graph=create_graph)
     return out[keys.ENERGY], out[keys.FORCES]
 
 
@@ -52,7 +58,9 @@ class DistillationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: AtomsBatch, batch_idx: int) -> torch.Tensor:
-        energy, forces = predict_energy_forces(self.model, batch, create_graph=True)
+        energy, forces = predict_energy_forces(
+            self.model, batch, create_graph=True, method=self.config.force_method
+        )
         parts = distillation_loss(
             energy,
             batch.labels[keys.ENERGY],
@@ -119,7 +127,9 @@ class DistillationModule(L.LightningModule):
     def validation_step(self, batch: AtomsBatch, batch_idx: int) -> None:
         model = self.eval_model()
         with torch.enable_grad():
-            energy, forces = predict_energy_forces(model, batch, create_graph=False)
+            energy, forces = predict_energy_forces(
+                model, batch, create_graph=False, method=self.config.force_method
+            )
         energy, forces = energy.detach().double(), forces.detach().double()
         de = (energy - batch.labels[keys.ENERGY].double()).abs() / batch.atoms_per_system
         df = forces - batch.labels[keys.FORCES].double()

@@ -241,6 +241,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model = build_model(config)
     datamodule.fit_statistics(model)
     module = DistillationModule(model, config)
+    model.compile_forces(config.compile)  # the training copy only; the EMA copy stays eager
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "config.yaml")
