@@ -34,8 +34,11 @@ class ExponentialMovingAverage(nn.Module):
     def update(self, model: nn.Module) -> None:
         """Move the average one step towards ``model``'s current weights."""
         decay = self.current_decay()
-        for avg, new in zip(self.module.parameters(), model.parameters(), strict=True):
-            avg.lerp_(new.detach(), 1.0 - decay)
+        averaged = list(self.module.parameters())
+        current = [p.detach() for p in model.parameters()]
+        if len(averaged) != len(current):
+            raise ValueError("EMA: the model's parameters no longer match the averaged copy")
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)  # one op for all tensors
         for avg, new in zip(self.module.buffers(), model.buffers(), strict=True):
             if avg.is_floating_point():
                 avg.lerp_(new.detach().to(avg.dtype), 1.0 - decay)
