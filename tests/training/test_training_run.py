@@ -1,6 +1,7 @@
 """Real training runs on rMD17 ethanol labels with a tiny PaiNN: it learns, it is reproducible,
 the exported safetensors model equals the checkpoint, checkpoints need no pickle."""
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,11 @@ def test_training_lowers_val_force_error(two_runs, ethanol_h5, val_curve):
     assert result.best_val_force_mae == pytest.approx(min(curve), rel=1e-5)
     assert result.best_val_force_mae < 0.5 * curve[0]
     assert result.best_val_force_mae < 0.3 * zero_model_mae
+    # the training RMSE is logged once per epoch (summed over the steps, not per-step logs)
+    with next(Path(cfg.out).glob("logs/version_*/metrics.csv")).open() as fh:
+        train_rmse = [float(r["train_force_rmse_epoch"]) for r in csv.DictReader(fh)
+                      if r["train_force_rmse_epoch"]]
+    assert len(train_rmse) == cfg.max_epochs and train_rmse[-1] < 0.5 * train_rmse[0]
 
 
 def test_same_seed_same_run(two_runs, val_curve):
