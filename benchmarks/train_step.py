@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from forces import random_molecule  # benchmarks/ is on sys.path when run as a script
 from mlff_distiller import keys, units
 from mlff_distiller.data.batch import AtomsBatch
 from mlff_distiller.models.painn import PaiNN, PaiNNConfig
@@ -43,15 +44,10 @@ def ethanol_batch(n: int) -> AtomsBatch | None:
 
 
 def cluster_batch(n_atoms: int, n: int, seed: int = 0) -> AtomsBatch:
-    """Jittered-grid H/C/N/O clusters at 0.1 atoms/Å^3 with random target forces."""
+    """``n`` clusters of benchmarks/forces.py (0.1 atoms/Å^3) with random target forces."""
     rng = np.random.default_rng(seed)
-    spacing = 10.0 ** (1.0 / 3.0)
-    k = int(np.ceil(n_atoms ** (1.0 / 3.0))) + 2
-    grid = np.stack(np.meshgrid(*[np.arange(k)] * 3, indexing="ij"), -1).reshape(-1, 3) * spacing
-    grid = grid[np.argsort(np.linalg.norm(grid - grid.mean(0), axis=1), kind="stable")[:n_atoms]]
-    numbers = [rng.choice([1, 1, 6, 6, 7, 8], size=n_atoms) for _ in range(n)]
-    positions = [grid + rng.uniform(-0.3, 0.3, grid.shape) for _ in range(n)]
-    batch = AtomsBatch.from_arrays(numbers, positions, dtype=torch.float32)
+    numbers, positions = zip(*(random_molecule(n_atoms, rng) for _ in range(n)))
+    batch = AtomsBatch.from_arrays(list(numbers), list(positions), dtype=torch.float32)
     batch.labels[keys.FORCES] = torch.as_tensor(
         rng.normal(0.0, 1.0, (n * n_atoms, 3)), dtype=torch.float32
     )

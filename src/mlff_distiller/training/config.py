@@ -7,15 +7,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
+
+from mlff_distiller.models.painn import ForceMethod
 
 SPLITS = ("frame", "molecule")
 SCHEDULES = ("cosine", "plateau")
 PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
-FORCE_METHODS = ("analytical", "autograd")
+FORCE_METHODS = get_args(ForceMethod)  # ("analytical", "autograd")
 
 
 @dataclass
@@ -77,8 +79,8 @@ class TrainConfig:
         _choice("force_method", self.force_method, FORCE_METHODS)
         if self.force_method == "analytical" and self.precision.endswith("-mixed"):
             raise ValueError(
-                f"precision '{self.precision}' needs force_method 'autograd': the analytical "
-                "force backward is written for one floating-point type"
+                f"precision '{self.precision}' needs force_method 'autograd' (--force-method "
+                "autograd): the analytical force backward is written for one floating-point type"
             )
         for name in ("train_size", "cutoff", "lr", "batch_size", "val_batch_size", "max_epochs"):
             if getattr(self, name) <= 0:
