@@ -42,6 +42,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--energy-weight", type=float, default=10.0)
     parser.add_argument("--forces-weight", type=float, default=100.0)
+    parser.add_argument(
+        "--force-loss", default="mse", choices=["mse", "l2mae", "huber"],
+        help="force term of the loss (see mlff_distiller.training.losses)",
+    )
+    parser.add_argument(
+        "--huber-delta", type=float, default=0.01, help="eV/Å, for --force-loss huber"
+    )
+    parser.add_argument("--interactions", type=int, default=3, help="PaiNN interaction blocks")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights")
     parser.add_argument(
@@ -80,9 +88,11 @@ def main() -> None:
             time.sleep(0.5)
 
     cfg = TrainConfig(
-        data=str(train_h5), train_size=950, val_size=50, hidden=args.hidden, n_interactions=3,
+        data=str(train_h5), train_size=950, val_size=50, hidden=args.hidden,
+        n_interactions=args.interactions,
         n_rbf=20, cutoff=5.0, energy_weight=args.energy_weight, forces_weight=args.forces_weight,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=200, schedule="cosine",
+        force_loss=args.force_loss, huber_delta=args.huber_delta, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=200, schedule="cosine",
         min_lr_ratio=0.01, ema_decay=args.ema, patience=0,
         max_epochs=100_000, max_time_min=args.minutes, batch_size=args.batch_size,
         val_batch_size=50, seed=0, accelerator=args.accelerator,
@@ -104,7 +114,8 @@ def main() -> None:
                          pred.n_atoms)
     device = "GPU" if torch.cuda.is_available() and args.accelerator != "cpu" else "CPU"
     print()
-    print(f"rMD17 {args.molecule}: PaiNN hidden {args.hidden}, 3 interactions, 950 train / 50 val,"
+    print(f"rMD17 {args.molecule}: PaiNN hidden {args.hidden}, "
+          f"{args.interactions} interactions, {args.force_loss} force loss, 950 train / 50 val,"
           f" budget {args.minutes:g} min on {device} ({torch.get_num_threads()} threads); "
           f"{result.epochs} epochs, {result.global_step} steps, {wall / 60:.1f} min")
     print()

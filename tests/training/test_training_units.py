@@ -28,6 +28,30 @@ def test_losses_by_hand():
     assert parts["loss"].item() == pytest.approx(2 * 0.025 + 10 * 0.03)
 
 
+def test_force_loss_variants_by_hand():
+    n = torch.tensor([3, 2])
+    e = torch.tensor([1.0, 2.0])
+    f_ref = torch.zeros(5, 3)
+    f_pred = torch.zeros(5, 3)
+    f_pred[0] = torch.tensor([0.3, 0.0, 0.4])  # |error| 0.5 eV/Å
+    f_pred[4, 2] = -0.002  # below the Huber delta 0.01
+    l2mae = distillation_loss(e, e, f_pred, f_ref, n, 1.0, 2.0, "l2mae")
+    assert l2mae["loss"].item() == pytest.approx(2.0 * (0.5 + 0.002) / 5, rel=1e-5)
+    assert l2mae["forces_mse"].item() == pytest.approx((0.09 + 0.16 + 0.002**2) / 15)
+    huber = distillation_loss(e, e, f_pred, f_ref, n, 1.0, 1.0, "huber", huber_delta=0.01)
+    # linear branch delta * (|x| - delta / 2) for 0.3 and 0.4, quadratic x^2 / 2 for 0.002
+    expected = (0.01 * (0.3 - 0.005) + 0.01 * (0.4 - 0.005) + 0.5 * 0.002**2) / 15
+    assert huber["loss"].item() == pytest.approx(expected, rel=1e-5)
+    # gradient of the error norm stays finite at a zero residual
+    zero = torch.zeros(2, 3, requires_grad=True)
+    distillation_loss(e, e, zero, torch.zeros(2, 3), n, 1.0, 1.0, "l2mae")["loss"].backward()
+    assert torch.isfinite(zero.grad).all()
+    with pytest.raises(ValueError, match="force_loss"):
+        TrainConfig(data="x.h5", force_loss="mae")
+    with pytest.raises(ValueError, match="huber_delta"):
+        TrainConfig(data="x.h5", force_loss="huber", huber_delta=0.0)
+
+
 def test_warmup_cosine_values():
     lam = warmup_cosine(warmup=4, total=14, min_ratio=0.1)
     assert lam(0) == pytest.approx(0.25)

@@ -26,7 +26,10 @@ HELP = {
     "n_rbf": "radial basis functions",
     "cutoff": "cutoff radius, Å",
     "energy_weight": "weight of the energy-per-atom MSE (eV^2)",
-    "forces_weight": "weight of the force MSE ((eV/Å)^2)",
+    "forces_weight": "weight of the force term",
+    "force_loss": "force term: 'mse' (per component), 'l2mae' (mean per-atom error norm, eV/Å) "
+    "or 'huber' (per component, huber_delta)",
+    "huber_delta": "Huber loss threshold, eV/Å (force_loss 'huber')",
     "force_method": "forces in the loss: 'analytical' (hand-derived backward, recorded by "
     "autograd) or 'autograd' (double backward); the same gradients",
     "compile": "torch.compile the analytical energy+forces of each step (compiles for about "

@@ -12,6 +12,7 @@ from typing import Any, get_args
 import yaml
 
 from mlff_distiller.models.painn import ForceMethod
+from mlff_distiller.training.losses import FORCE_LOSSES
 
 SPLITS = ("frame", "molecule")
 SCHEDULES = ("cosine", "plateau")
@@ -42,6 +43,8 @@ class TrainConfig:
     # loss
     energy_weight: float = 1.0
     forces_weight: float = 100.0
+    force_loss: str = "mse"
+    huber_delta: float = 0.01
     force_method: str = "analytical"
     compile: bool = False
     # optimisation
@@ -77,12 +80,14 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("accelerator", self.accelerator, ACCELERATORS)
         _choice("force_method", self.force_method, FORCE_METHODS)
+        _choice("force_loss", self.force_loss, FORCE_LOSSES)
         if self.force_method == "analytical" and self.precision.endswith("-mixed"):
             raise ValueError(
                 f"precision '{self.precision}' needs force_method 'autograd' (--force-method "
                 "autograd): the analytical force backward is written for one floating-point type"
             )
-        for name in ("train_size", "cutoff", "lr", "batch_size", "val_batch_size", "max_epochs"):
+        for name in ("train_size", "cutoff", "lr", "huber_delta", "batch_size", "val_batch_size",
+                     "max_epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"config field '{name}' must be > 0, got {getattr(self, name)}")
         for name in ("val_size", "energy_weight", "forces_weight", "weight_decay", "grad_clip",

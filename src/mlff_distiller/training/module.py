@@ -72,6 +72,8 @@ class DistillationModule(L.LightningModule):
             batch.atoms_per_system,
             self.config.energy_weight,
             self.config.forces_weight,
+            self.config.force_loss,
+            self.config.huber_delta,
         )
         # Lightning's self.log costs ~1-2 ms per call on a CPU (and a DDP all-reduce with
         # sync_dist): sum the step values in one tensor and log means every log_every_n_steps
