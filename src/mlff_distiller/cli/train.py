@@ -35,7 +35,7 @@ HELP = {
     "compile": "torch.compile the analytical energy+forces of each step (compiles for about "
     "half a minute; about 2x faster steps on a CPU for small molecules)",
     "lr": "peak learning rate (AdamW)",
-    "weight_decay": "AdamW weight decay",
+    "weight_decay": "AdamW weight decay (decoupled)",
     "warmup_steps": "linear learning-rate warm-up, optimiser steps",
     "schedule": "'cosine' (to min_lr_ratio at max_epochs) or 'plateau' (on val force MAE)",
     "min_lr_ratio": "final learning rate of the cosine schedule, as a fraction of lr",

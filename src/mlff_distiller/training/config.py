@@ -49,7 +49,7 @@ class TrainConfig:
     compile: bool = False
     # optimisation
     lr: float = 5e-4
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01
     warmup_steps: int = 100
     schedule: str = "cosine"
     min_lr_ratio: float = 0.01
