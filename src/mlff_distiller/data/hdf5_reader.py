@@ -86,6 +86,19 @@ class Dataset:
         self.n_atoms = np.asarray(self._datasets[keys.N_ATOMS][: self._len], dtype=np.int64)
         self.offsets = np.zeros(self._len + 1, dtype=np.int64)
         np.cumsum(self.n_atoms, out=self.offsets[1:])
+        # A file opened while a writer appends: without SWMR, this process may hold a dataset
+        # extent read before the commit marker. Show only frames present in every dataset.
+        visible = self._len
+        for key, ds in self._datasets.items():
+            rows = ds.shape[0]
+            if FIELDS[key].per_atom:
+                visible = min(visible, int(np.searchsorted(self.offsets, rows, "right")) - 1)
+            else:
+                visible = min(visible, rows)
+        if visible < self._len:
+            self._len = visible
+            self.n_atoms = self.n_atoms[:visible]
+            self.offsets = self.offsets[: visible + 1]
         self.molecule_ids = np.asarray(
             self._datasets[keys.MOLECULE_ID][: self._len], dtype=np.int64
         )
