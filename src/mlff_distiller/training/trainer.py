@@ -280,9 +280,20 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     if trainer.world_size > 1:
         trainer.strategy.barrier()
+        close_process_group()
     if result is None:  # other ranks read what rank 0 wrote
         result = TrainResult(**json.loads((out / "result.json").read_text()))
     return result
+
+
+def close_process_group() -> None:
+    """Destroy the DDP process group once every rank is done with it. Left to the interpreter's
+    exit, gloo's worker threads can outlive it and abort a rank ("terminate called without an
+    active exception", exit code -6), failing a run that had finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def ranks_param_spread(model: torch.nn.Module) -> float:
