@@ -50,7 +50,9 @@ def main() -> None:
         "--huber-delta", type=float, default=0.01, help="eV/Å, for --force-loss huber"
     )
     parser.add_argument("--interactions", type=int, default=3, help="PaiNN interaction blocks")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    parser.add_argument(
+        "--weight-decay", type=float, default=TrainConfig.weight_decay, help="AdamW weight decay"
+    )
     parser.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights")
     parser.add_argument(
         "--force-method", default="analytical", choices=["analytical", "autograd"],
