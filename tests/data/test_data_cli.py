@@ -12,8 +12,8 @@ from mlff_distiller.cli.main import app
 from mlff_distiller.data.hdf5 import Dataset
 from mlff_distiller.data.splits import load_split
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-RMD17 = SHARED / "rmd17" / "rmd17_ethanol_train_01.npz"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+RMD17 = FIXTURES / "rmd17_ethanol_train_01_first300.npz"
 runner = CliRunner()
 
 
@@ -21,11 +21,11 @@ def test_import_info_split_export(tmp_path):
     out = tmp_path / "ethanol.h5"
     result = runner.invoke(app, ["data", "import", str(RMD17), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "imported 1000 structures" in result.output
+    assert "imported 300 structures" in result.output
 
     result = runner.invoke(app, ["data", "info", str(out)])
     assert result.exit_code == 0, result.output
-    for text in ("1,000", "9,000", "H 6,000", "C 2,000", "O 1,000", "ethanol", "eV/Å"):
+    for text in ("300", "2,700", "H 1,800", "C 600", "O 300", "ethanol", "eV/Å"):
         assert text in result.output
     # the energy mean printed in eV equals the rMD17 mean (kcal/mol) converted
     mean_ev = np.load(RMD17)["energies"].mean() * 0.0433641
@@ -37,7 +37,7 @@ def test_import_info_split_export(tmp_path):
     )
     assert result.exit_code == 0, result.output
     split = load_split(out)
-    assert [len(split[p]) for p in ("train", "val", "test")] == [800, 100, 100]
+    assert [len(split[p]) for p in ("train", "val", "test")] == [240, 30, 30]
 
     xyz = tmp_path / "test.extxyz"
     result = runner.invoke(
@@ -47,7 +47,7 @@ def test_import_info_split_export(tmp_path):
     frames = ase.io.read(xyz, ":")
     with Dataset(out) as ds:
         ref = ds[int(split["test"][7])]
-    assert len(frames) == 100
+    assert len(frames) == 30
     assert frames[7].get_potential_energy() == ref.get_potential_energy()
 
     result = runner.invoke(app, ["data", "validate", str(out)])

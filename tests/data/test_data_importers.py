@@ -1,4 +1,4 @@
-"""Importers on the real public data in ../shared/data, and the extxyz exporter."""
+"""Importers on excerpts of real public data (tests/fixtures), and the extxyz exporter."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from mlff_distiller.data.importers import (
     import_file,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-RMD17 = SHARED / "rmd17" / "rmd17_ethanol_train_01.npz"
-ACAC = SHARED / "botnet_acac" / "train_300K.xyz"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+RMD17 = FIXTURES / "rmd17_ethanol_train_01_first300.npz"
+ACAC = FIXTURES / "botnet_acac_train_300K_first100.xyz"
 KCAL_PER_MOL_IN_EV = 0.0433641
 
 
@@ -37,11 +37,11 @@ def test_detect_format(tmp_path):
 def test_rmd17_round_trip_through_extxyz(tmp_path):
     ref = np.load(RMD17)
     out = tmp_path / "ethanol.h5"
-    assert import_file(RMD17, out) == 1000
-    assert validate(out)["n_structures"] == 1000
+    assert import_file(RMD17, out) == 300
+    assert validate(out)["n_structures"] == 300
     export_extxyz(out, tmp_path / "ethanol.extxyz")
     frames = ase.io.read(tmp_path / "ethanol.extxyz", ":")
-    assert len(frames) == 1000
+    assert len(frames) == 300
     energies = np.array([a.get_potential_energy() for a in frames])
     forces = np.array([a.get_forces() for a in frames])
     positions = np.array([a.positions for a in frames])
@@ -62,9 +62,9 @@ def test_rmd17_round_trip_through_extxyz(tmp_path):
 def test_botnet_extxyz_keeps_ev_labels(tmp_path):
     ref = ase.io.read(ACAC, ":")
     out = tmp_path / "acac.h5"
-    assert import_file(ACAC, out) == len(ref) == 500
+    assert import_file(ACAC, out) == len(ref) == 100
     with Dataset(out) as ds:
-        for i in (0, 123, 499):
+        for i in (0, 57, 99):
             got = ds[i]
             assert got.get_potential_energy() == ref[i].get_potential_energy()
             np.testing.assert_array_equal(got.get_forces(), ref[i].get_forces())

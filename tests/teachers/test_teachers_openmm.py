@@ -12,8 +12,7 @@ from teachers_testlib import assert_fd_forces, molecule
 from mlff_distiller import keys
 from mlff_distiller.teachers import TeacherError, get_teacher
 
-ALA2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "alanine_dipeptide"
-ALA2_H5 = ALA2 / "mdtraj_ala2.h5"
+ALA2_H5 = Path(__file__).resolve().parents[1] / "fixtures" / "mdtraj_ala2.h5"
 
 
 @pytest.fixture(scope="module")

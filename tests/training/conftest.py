@@ -8,14 +8,14 @@ import pytest
 
 from mlff_distiller import units
 
-RMD17 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rmd17"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def ethanol_h5(tmp_path_factory) -> Path:
     from mlff_distiller.data.hdf5 import DatasetWriter
 
-    raw = np.load(RMD17 / "rmd17_ethanol_train_01.npz")
+    raw = np.load(FIXTURES / "rmd17_ethanol_train_01_first300.npz")
     path = tmp_path_factory.mktemp("data") / "ethanol.h5"
     with DatasetWriter(path, flush_every=500) as writer:
         for i in range(300):

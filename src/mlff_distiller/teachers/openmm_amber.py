@@ -2,7 +2,7 @@
 
 The topology comes from a PDB file or an MDTraj HDF5 file (read with h5py: its ``topology``
 dataset is JSON, so MDTraj need not be installed), e.g.
-``../shared/data/alanine_dipeptide/mdtraj_ala2.h5``.
+``tests/fixtures/mdtraj_ala2.h5``.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def make_amber14(
     if topology is None:
         raise ValueError(
             "openmm-amber14 needs topology=PATH (a .pdb or MDTraj .h5 file of the peptide), "
-            "e.g. ../shared/data/alanine_dipeptide/mdtraj_ala2.h5"
+            "e.g. tests/fixtures/mdtraj_ala2.h5"
         )
     top = read_topology(topology)
     settings = {
