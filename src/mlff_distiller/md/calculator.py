@@ -18,6 +18,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from mlff_distiller import keys
 from mlff_distiller.data.batch import AtomsBatch
+from mlff_distiller.models.fast_path import private_copy, resolve_compile
 from mlff_distiller.models.io import load_model
 
 
@@ -28,12 +29,17 @@ class UnsupportedElementError(ValueError):
 class StudentCalculator(Calculator):
     """Energy, free energy and forces (eV, eV/Å) of a student model.
 
-    ``model_or_path``: an ``nn.Module`` with ``energy_and_forces(batch, method)`` or a path
+    ``model_or_path``: an ``nn.Module`` with ``energy_and_forces(batch, method)`` (the
+    calculator works on its own copy; the caller's module is never cast or changed) or a path
     saved by :func:`mlff_distiller.models.io.save_model`. ``forces``: ``"analytical"`` (hand
-    derived, fastest) or ``"autograd"``. ``dtype``: the model and inputs are cast to it.
+    derived, fastest) or ``"autograd"``. ``dtype``: the model copy and inputs are cast to it.
+    ``compile``: None (default) compiles the analytical forces with ``torch.compile`` where a
+    C++ compiler exists and ``MLFFD_COMPILE`` is not 0 (the measured fastest path; the first use
+    of a model size on a machine compiles, later runs load it from the on-disk cache, see
+    :mod:`mlff_distiller.models.fast_path`); False runs eager; True insists on compiling.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(
         self,
@@ -41,19 +47,27 @@ class StudentCalculator(Calculator):
         device: str | torch.device = "cpu",
         forces: str = "analytical",
         dtype: torch.dtype = torch.float32,
+        compile: bool | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if forces not in ("analytical", "autograd"):
             raise ValueError(f"forces must be 'analytical' or 'autograd', got {forces!r}")
-        if isinstance(model_or_path, (str, Path)):
-            model = load_model(model_or_path)
-        else:
-            model = model_or_path
         self.device = torch.device(device)
         self.dtype = dtype
-        self.model = model.to(device=self.device, dtype=dtype).eval()
+        if isinstance(model_or_path, (str, Path)):
+            model = load_model(model_or_path).to(device=self.device, dtype=dtype)
+        else:
+            model = private_copy(model_or_path, self.device, dtype)
+        self.model = model
         self.force_method = forces
+        self.compiled = resolve_compile(compile, forces, self.device)
+        if hasattr(model, "compile_forces"):
+            model.compile_forces(self.compiled)
+        elif self.compiled and compile:
+            raise ValueError(f"{type(model).__name__} has no compiled forces (compile_forces)")
+        else:
+            self.compiled = False
         elements = getattr(model, "elements", None)
         restricted = getattr(model, "elements_restricted", elements is not None)
         self.elements = set(elements) if (elements is not None and restricted) else None
@@ -72,8 +86,19 @@ class StudentCalculator(Calculator):
             )
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes):
-        super().calculate(atoms, properties or ["energy"], system_changes)
+        properties = properties or ["energy"]
+        super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        # the stress (ASE Voigt order xx, yy, zz, yz, xz, xy; eV/Å^3) only when asked for
+        want_stress = keys.STRESS in properties
+        if want_stress and not (atoms.pbc.all() and atoms.cell.volume > 1e-12):
+            from ase.calculators.calculator import PropertyNotImplementedError
+
+            raise PropertyNotImplementedError(
+                "stress needs a structure periodic in all three directions with a non-zero "
+                f"cell volume; this one has pbc={atoms.pbc.tolist()} and volume "
+                f"{atoms.cell.volume:.3g} Å^3"
+            )
         self._check_elements(atoms.numbers)
         batch = AtomsBatch.from_arrays(
             [atoms.numbers],
@@ -83,10 +108,18 @@ class StudentCalculator(Calculator):
             dtype=self.dtype,
             device=self.device,
         )
-        out = self.model.energy_and_forces(batch, self.force_method)
+        if want_stress:
+            out = self.model.energy_and_forces(batch, self.force_method, stress=True)
+        else:
+            out = self.model.energy_and_forces(batch, self.force_method)
         energy = float(out[keys.ENERGY].detach().double().cpu()[0])
         self.results = {
             keys.ENERGY: energy,
             keys.FREE_ENERGY: energy,
             keys.FORCES: out[keys.FORCES].detach().double().cpu().numpy(),
         }
+        if want_stress:
+            from ase.stress import full_3x3_to_voigt_6_stress
+
+            stress = out[keys.STRESS].detach().double().cpu().numpy()[0]
+            self.results[keys.STRESS] = full_3x3_to_voigt_6_stress(stress)

@@ -91,18 +91,31 @@ def run_md(
     dtype: torch.dtype = torch.float64,
     device=None,
     progress: bool = True,
+    compile: bool | None = None,
+    retain_memory: bool = True,
 ) -> MDResult:
     """Advance all ``structures`` ``config.steps`` steps together.
 
     ``out``: HDF5 trajectory (one frame per structure every ``save_every`` steps, structure s
     of save k at index ``k * n_structures + s``). ``resume``: continue from the last complete
     save in ``out`` (positions and velocities), running only the steps still missing.
+    ``compile``: None (default) runs the compiled analytical forces where possible (see
+    :mod:`mlff_distiller.models.fast_path`), False eager. ``retain_memory`` (default True):
+    glibc keeps freed memory in the process (:mod:`mlff_distiller.models.cpu_memory`), so large
+    batches keep their per-atom throughput. The caller's model is never modified (a copy runs).
     """
     import time
 
     from mlff_distiller.data.hdf5 import DatasetWriter
+    from mlff_distiller.models.cpu_memory import retain_freed_cpu_memory
+    from mlff_distiller.models.fast_path import private_copy, resolve_compile
 
-    model = model.to(device=device, dtype=dtype).eval()
+    if retain_memory:
+        retain_freed_cpu_memory()
+    model = private_copy(model, device, dtype)
+    compiled = resolve_compile(compile, config.forces, model_device(model))
+    if hasattr(model, "compile_forces"):
+        model.compile_forces(compiled)
     n_sys = len(structures)
     names = [a.info.get("name") or a.get_chemical_formula() for a in structures]
     state = initial_state(structures, config.temperature_k, config.seed, dtype, device)
@@ -150,6 +163,12 @@ def run_md(
         frames = len(writer)
         writer.close()
     return MDResult(state, len(steps), frames, seconds)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter (CPU for a model without parameters)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _config_attrs(config: MDConfig) -> dict:

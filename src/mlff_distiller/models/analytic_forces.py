@@ -16,7 +16,10 @@ update:   ``[U v, V v] = v @ W_uv^T``;  ``n = sqrt(sum_k (V v)_k^2 + eps)``;
           ``s += a_ss + a_sv * <U v, V v>``;  ``v += a_vv * U v``.
 filters:  ``W(d) = B(d) @ Wf^T`` with ``B = [f_c rbf(d), f_c]`` (bias folded in).
 
-Gradients are named ``g_<thing> = dE/d<thing>``. Forces are ``-dE/dpos``.
+Gradients are named ``g_<thing> = dE/d<thing>``. Forces are ``-dE/dpos``. The stress (periodic
+structures, ``stress=True``) comes from the same per-edge gradients ``g_vec = dE/dr_ij``: a strain
+``eps`` maps every ``r_ij -> r_ij (1 + eps)``, so ``dE/d eps_ab = sum_edges r_ij,a g_vec_ij,b``
+per structure (that of the receiver atom), symmetrised and divided by the cell volume.
 
 Cost notes (measured in ``benchmarks/forces.py``): the readout ignores ``v``, so the last block's
 vector update is skipped in the forward and its zero gradient is never formed; the first block's
@@ -34,8 +37,9 @@ import torch
 
 from mlff_distiller import keys
 from mlff_distiller.data.batch import AtomsBatch
+from mlff_distiller.models import fast_path
 from mlff_distiller.models.layers import silu_backward
-from mlff_distiller.models.painn import Intermediates, PaiNN
+from mlff_distiller.models.painn import Intermediates, PaiNN, cell_volume, check_stress_batch
 
 
 def analytic_energy_and_forces(
@@ -44,48 +48,97 @@ def analytic_energy_and_forces(
     edges: tuple[torch.Tensor, torch.Tensor] | None = None,
     compiled: bool = False,
     create_graph: bool = False,
+    stress: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """``{ENERGY: (n_systems,), FORCES: (n_atoms, 3)}`` with the analytical backward.
+    """``{ENERGY: (n_systems,) eV, FORCES: (n_atoms, 3) eV/Å}`` with the analytical backward.
 
     ``compiled=True`` runs the same code through ``torch.compile`` (dynamic shapes, one graph;
     the first call compiles for about a minute on a CPU, later sizes reuse it).
     ``create_graph=True`` runs it with autograd recording, so that energy and forces are
     differentiable w.r.t. the parameters (force training: one ordinary backward through the
     hand-derived graph instead of autograd's double backward; the same gradients).
+    ``stress=True`` adds ``STRESS`` (n_systems, 3, 3) eV/Å^3 (ASE's convention, symmetrised);
+    every structure must be 3D-periodic (``ValueError`` otherwise, see
+    :func:`~mlff_distiller.models.painn.check_stress_batch`). It is a static flag: the compiled
+    graph for ``stress=False`` stays the forces-only one.
     """
+    if stress:  # outside any compiled graph: the check reads values
+        check_stress_batch(batch)
     if create_graph:
         if edges is None:
             edges = model.neighbors(batch)
         run = _compiled_energy_and_forces() if compiled else _energy_and_forces
         with torch.enable_grad():
-            energy, forces = run(model, batch, edges)
-        return {keys.ENERGY: energy, keys.FORCES: forces}
+            energy, forces, virial = run(model, batch, edges, stress)
+        return _outputs(energy, forces, virial)
     if not compiled:
         with torch.inference_mode():
-            energy, forces = _energy_and_forces(model, batch, edges)
-        return {keys.ENERGY: energy, keys.FORCES: forces}
+            energy, forces, virial = _energy_and_forces(model, batch, edges, stress)
+        return _outputs(energy, forces, virial)
     if edges is None:  # the neighbour search stays outside the compiled graph
         edges = model.neighbors(batch)
     with torch.no_grad():  # compiled graphs cannot take inference-mode tensors
-        energy, forces = _compiled_energy_and_forces()(model, batch, edges)
-    return {keys.ENERGY: energy, keys.FORCES: forces}
+        key = (batch.dtype, batch.device.type, batch.n_systems > 1, stress)
+        if key not in model.__dict__.setdefault("_compiled_keys", set()):
+            return _first_compiled_call(model, batch, edges, stress, key)
+        energy, forces, virial = _compiled_energy_and_forces()(model, batch, edges, stress)
+    return _outputs(energy, forces, virial)
+
+
+def _first_compiled_call(model: PaiNN, batch: AtomsBatch, edges, stress: bool, key: tuple):
+    """The first compiled call of a model for a dtype/device/batching: announces a compile the
+    machine has not cached yet, and falls back to eager (with a notice) if compiling fails."""
+    marker = fast_path.announce_first_compile(model, batch.dtype, batch.device, key)
+    try:
+        energy, forces, virial = _compiled_energy_and_forces()(model, batch, edges, stress)
+    except Exception as err:  # no working compiler, an unsupported op: run eager instead
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        fast_path.notice(
+            f"compiling the forces failed ({type(err).__name__}: {first_line}); "
+            "running the eager analytical forces"
+        )
+        model.compile_forces(False)
+        with torch.inference_mode():
+            energy, forces, virial = _energy_and_forces(model, batch, edges, stress)
+        return _outputs(energy, forces, virial)
+    fast_path.mark_compiled(marker)
+    model._compiled_keys.add(key)
+    return _outputs(energy, forces, virial)
+
+
+def _outputs(
+    energy: torch.Tensor, forces: torch.Tensor, stress: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    out = {keys.ENERGY: energy, keys.FORCES: forces}
+    if stress is not None:
+        out[keys.STRESS] = stress
+    return out
 
 
 def _energy_and_forces(
-    model: PaiNN, batch: AtomsBatch, edges: tuple[torch.Tensor, torch.Tensor] | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model: PaiNN,
+    batch: AtomsBatch,
+    edges: tuple[torch.Tensor, torch.Tensor] | None,
+    stress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(energy (n_systems,), forces (n_atoms, 3), stress (n_systems, 3, 3) or None)."""
     keep = Intermediates()
     energy = model(batch, edges=edges, intermediates=keep)[keys.ENERGY]
-    return energy, _backward(model, batch, keep)
+    return energy, *_backward(model, batch, keep, stress)
 
 
 @functools.cache
 def _compiled_energy_and_forces():
+    fast_path.configure_compile_cache()  # before the first compile: a persistent disk cache
     return torch.compile(_energy_and_forces, dynamic=True)
 
 
-def _backward(model: PaiNN, batch: AtomsBatch, keep: Intermediates) -> torch.Tensor:
-    """Forces (n_atoms, 3) = -dE/dpos from the saved forward intermediates."""
+def _backward(
+    model: PaiNN, batch: AtomsBatch, keep: Intermediates, stress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Forces (n_atoms, 3) = -dE/dpos from the saved forward intermediates, and with
+    ``stress=True`` the stress (n_systems, 3, 3) = sym(dE/d strain) / V in eV/Å^3 (else None).
+    """
     cfg = model.config
     n_blocks = cfg.n_interactions
     unit, dist = keep.unit, keep.dist
@@ -113,7 +166,16 @@ def _backward(model: PaiNN, batch: AtomsBatch, keep: Intermediates) -> torch.Ten
     g_vec = torch.addcmul(g_unit, unit, radial[:, None])  # (e, 3)
     # r_ij = pos[j] - pos[i] + shift  ->  F = -dE/dpos: +g at i, -g at j
     forces = g_vec.new_zeros(n_atoms, 3).index_add_(0, keep.edge_index[0], g_vec)
-    return forces.index_add_(0, keep.edge_index[1], g_vec, alpha=-1.0)
+    forces = forces.index_add_(0, keep.edge_index[1], g_vec, alpha=-1.0)
+    if not stress:
+        return forces, None
+    # strain r_ij -> r_ij (1 + eps): dE/d eps_ab = sum_e r_a g_b, per structure of the receiver
+    virial_edge = (keep.vec[:, :, None] * g_vec[:, None, :]).reshape(-1, 9)  # (e, 9)
+    edge_system = batch.system_idx.index_select(0, keep.edge_index[0])
+    virial = g_vec.new_zeros(batch.n_systems, 9).index_add_(0, edge_system, virial_edge)
+    virial = virial.view(-1, 3, 3)
+    volume = cell_volume(batch.cell.to(g_vec.dtype))  # (n_systems,)
+    return forces, 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
 
 
 def _update_backward(

@@ -10,7 +10,13 @@ Forces come two ways, each in one place:
 - :func:`mlff_distiller.models.analytic_forces.analytic_forces` (hand-derived backward, no
   autograd, run under ``torch.inference_mode``).
 
-``PaiNN.energy_and_forces(batch, method=...)`` is the single entry point that picks one.
+``PaiNN.energy_and_forces(batch, method=...)`` is the single entry point that picks one. With
+``stress=True`` it also returns the stress of periodic structures (both methods; see
+:func:`forces_autograd` and :mod:`mlff_distiller.models.analytic_forces`).
+
+Stress convention (ASE's): ``stress = (1/V) dE/d(strain)`` (n_systems, 3, 3) eV/Å^3, symmetric,
+where the strain ``eps`` maps every position, periodic shift and cell row ``r -> r (1 + eps)``.
+A box that wants to expand (positive pressure ``-trace(stress)/3``) has negative stress.
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ class Intermediates:
     """What the analytical backward needs from a forward pass (all per-batch tensors)."""
 
     edge_index: torch.Tensor | None = None  # (2, e)
+    vec: torch.Tensor | None = None  # (e, 3) r_ij, Å (for the stress)
     unit: torch.Tensor | None = None  # (e, 3) r_ij / d_ij
     dist: torch.Tensor | None = None  # (e,)
     basis_deriv: torch.Tensor | None = None  # (e, n_rbf + 1) d/dd of [f_c * rbf, f_c]
@@ -229,7 +236,7 @@ class PaiNN(nn.Module):
             deriv = torch.cat([rbf_deriv, torch.zeros_like(dist)[:, None]], dim=1)
             keep.basis_deriv = torch.addcmul(deriv * fcut[:, None], basis_raw, dfcut)
             keep.edge_index, keep.unit, keep.dist, keep.filters = edge_index, unit, dist, filters
-            keep.unit3 = unit3
+            keep.unit3, keep.vec = unit3, vec
 
         s = self.embedding(z)  # (n, F)
         v = None  # (n, 3, F); zero before the first message, kept as None to skip work
@@ -304,23 +311,61 @@ class PaiNN(nn.Module):
         method: ForceMethod = "analytical",
         create_graph: bool = False,
         edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+        stress: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """``{ENERGY: (n_systems,), FORCES: (n_atoms, 3)}``.
+        """``{ENERGY: (n_systems,) eV, FORCES: (n_atoms, 3) eV/Å}``.
 
         ``method="analytical"``: hand-derived backward under ``torch.inference_mode`` (for MD and
         evaluation), or, with ``create_graph=True``, recorded by autograd so that a force loss
         can be differentiated w.r.t. the parameters. ``method="autograd"``: ``-dE/dpos`` by
         autograd; ``create_graph=True`` keeps the graph (double backward) for force losses.
+
+        ``stress=True`` adds ``STRESS``: (n_systems, 3, 3) eV/Å^3, ``(1/V) dE/d(strain)``
+        (ASE's convention, symmetrised). Every structure of the batch must be periodic in all
+        three directions with a non-singular cell, else ``ValueError`` (no silent zeros).
         """
         if method == "analytical":
             from mlff_distiller.models.analytic_forces import analytic_energy_and_forces
 
             return analytic_energy_and_forces(
-                self, batch, edges, compiled=self.compiled_forces, create_graph=create_graph
+                self,
+                batch,
+                edges,
+                compiled=self.compiled_forces,
+                create_graph=create_graph,
+                stress=stress,
             )
         if method == "autograd":
-            return forces_autograd(self, batch, create_graph=create_graph, edges=edges)
+            return forces_autograd(
+                self, batch, create_graph=create_graph, edges=edges, stress=stress
+            )
         raise ValueError(f"force method must be 'analytical' or 'autograd', got {method!r}")
+
+
+def cell_volume(cell: torch.Tensor) -> torch.Tensor:
+    """(n_systems,) volumes |a . (b x c)| in Å^3 of cells (n_systems, 3, 3) (rows a, b, c)."""
+    cross = torch.linalg.cross(cell[:, 1], cell[:, 2], dim=-1)
+    return (cell[:, 0] * cross).sum(-1).abs()
+
+
+def check_stress_batch(batch: AtomsBatch) -> None:
+    """Raise ``ValueError`` unless every structure is 3D-periodic with a non-singular cell.
+
+    The stress ``(1/V) dE/d(strain)`` needs a volume: molecules (no cell), slabs and wires have
+    none, so asking for their stress is an error rather than a silent zero.
+    """
+    not_periodic = (~batch.pbc.bool().all(dim=1)).nonzero().flatten().tolist()
+    if not_periodic:
+        raise ValueError(
+            f"stress needs structures periodic in all three directions; structure(s) "
+            f"{not_periodic} of the batch have pbc {batch.pbc[not_periodic].tolist()}"
+        )
+    flat = (cell_volume(batch.cell.double()) <= 1e-12).nonzero().flatten().tolist()
+    if flat:
+        raise ValueError(
+            f"stress needs a cell with a non-zero volume; structure(s) {flat} of the batch "
+            "have a singular (or zero) cell"
+        )
 
 
 def forces_autograd(
@@ -328,20 +373,50 @@ def forces_autograd(
     batch: AtomsBatch,
     create_graph: bool = False,
     edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+    stress: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Energy (n_systems,) and forces ``-dE/dpos`` (n_atoms, 3) by autograd.
+    """Energy (n_systems,) eV and forces ``-dE/dpos`` (n_atoms, 3) eV/Å by autograd.
 
     ``create_graph=True`` (training) makes the forces differentiable w.r.t. the parameters.
+    ``stress=True`` adds ``STRESS`` (n_systems, 3, 3) eV/Å^3 by the strain trick: a zero
+    displacement gradient ``eps`` (n_systems, 3, 3) maps positions, edge shifts and cells
+    ``r -> r + r @ eps`` of their structure; ``stress = sym(dE/d eps) / V`` from the same graph
+    as the forces (see :func:`check_stress_batch` for which batches are accepted).
     """
+    if stress:
+        check_stress_batch(batch)
+        if edges is None:
+            edges = model.neighbors(batch)
     positions = batch.positions.detach().requires_grad_(True)
-    graph_batch = AtomsBatch(
-        batch.atomic_numbers, positions, batch.system_idx, batch.cell, batch.pbc, batch.labels
-    )
+    cell = batch.cell
+    inputs = [positions]
+    if stress:
+        strain = torch.zeros(
+            batch.n_systems, 3, 3, dtype=positions.dtype, device=positions.device
+        ).requires_grad_(True)
+        inputs.append(strain)
     with torch.enable_grad():
+        graph_positions = positions
+        if stress:
+            edge_index, shifts = edges
+            atom_strain = strain.index_select(0, batch.system_idx)  # (n, 3, 3)
+            graph_positions = positions + torch.einsum("na,nab->nb", positions, atom_strain)
+            shifts = shifts.to(positions.dtype)
+            edge_strain = atom_strain.index_select(0, edge_index[0])  # (e, 3, 3)
+            edges = (edge_index, shifts + torch.einsum("ea,eab->eb", shifts, edge_strain))
+            cell = cell + torch.bmm(cell.to(strain.dtype), strain)
+        graph_batch = AtomsBatch(
+            batch.atomic_numbers, graph_positions, batch.system_idx, cell, batch.pbc, batch.labels
+        )
         energy = model(graph_batch, edges=edges)[keys.ENERGY]
-        (grad,) = torch.autograd.grad(
-            energy.sum(), positions, create_graph=create_graph, retain_graph=create_graph
+        grads = torch.autograd.grad(
+            energy.sum(), inputs, create_graph=create_graph, retain_graph=create_graph
         )
     if not create_graph:
         energy = energy.detach()
-    return {keys.ENERGY: energy, keys.FORCES: -grad}
+    out = {keys.ENERGY: energy, keys.FORCES: -grads[0]}
+    if stress:
+        virial = grads[1]
+        volume = cell_volume(batch.cell.to(virial.dtype))
+        out[keys.STRESS] = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
+    return out
