@@ -25,13 +25,21 @@ def md(
     friction: float = typer.Option(1.0, help="Langevin friction, 1/ps"),
     save_every: int = typer.Option(10, help="steps between saved frames"),
     seed: int = typer.Option(0),
-    engine: str = typer.Option("batched", help="batched (all molecules at once) or ase"),
+    engine: str = typer.Option(
+        "batched",
+        help="batched (all molecules at once), ase (one molecule), openmm (one molecule, "
+        "OpenMM's integrators; velocities saved half a step behind) or torchsim (all at once "
+        "with torch-sim's integrators; pip install mlff_distiller[torchsim])",
+    ),
     forces: str = typer.Option("analytical", help="analytical or autograd"),
     out: Path = typer.Option(Path("md.h5"), "--out", "-o", help="HDF5 trajectory"),
     resume: bool = typer.Option(False, help="continue from the last saved frame (batched)"),
     threads: int = typer.Option(1, help="torch threads"),
     compile: bool = typer.Option(
-        False, "--compile", help="torch.compile the analytical forces (compiles on first call)"
+        True,
+        "--compile/--no-compile",
+        help="compiled analytical forces (default, fastest; the first run of a model size on a "
+        "machine compiles for about a minute, later runs load the cache); --no-compile: eager",
     ),
 ) -> None:
     """Run MD with a distilled student; writes positions, velocities, forces and energies."""
@@ -64,22 +72,41 @@ def md(
             if replicas > 1:
                 a.info["name"] = f"{a.info.get('name') or a.get_chemical_formula()}_r{k % replicas}"
         student = load_model(model)
-        if compile:
-            if forces != "analytical":
-                raise ValueError("--compile applies to --forces analytical")
-            student.compile_forces()
+        use_compile = None if compile else False  # None: where possible (analytical forces)
         if engine == "ase":
             from mlff_distiller.md.ase_runner import run_ase_md
             from mlff_distiller.md.calculator import StudentCalculator
 
             if len(structures) != 1:
                 raise ValueError("--engine ase runs one molecule; use --engine batched for more")
-            calc = StudentCalculator(student, forces=forces, dtype=torch.float64)
+            calc = StudentCalculator(
+                student, forces=forces, dtype=torch.float64, compile=use_compile
+            )
             _, result = run_ase_md(calc, structures[0], config, out=out)
         elif engine == "batched":
-            result = run_md(student, structures, config, out=out, resume=resume)
+            result = run_md(
+                student, structures, config, out=out, resume=resume, compile=use_compile
+            )
+        elif engine == "torchsim":
+            try:
+                from mlff_distiller.md.torchsim import run_torchsim_md  # optional: torch-sim
+            except ImportError as err:  # says: pip install mlff_distiller[torchsim]
+                raise ValueError(str(err)) from err
+            if resume:
+                raise ValueError("--resume applies to --engine batched only")
+            result = run_torchsim_md(student, structures, config, out=out, compile=use_compile)
+        elif engine == "openmm":
+            from mlff_distiller.md.openmm_engine import run_openmm_md
+
+            if len(structures) != 1:
+                raise ValueError("--engine openmm runs one molecule; use --engine batched for more")
+            if resume:
+                raise ValueError("--resume applies to --engine batched only")
+            _, result = run_openmm_md(student, structures[0], config, out=out, compile=use_compile)
         else:
-            raise ValueError(f"--engine must be 'batched' or 'ase', got {engine!r}")
+            raise ValueError(
+                f"--engine must be 'batched', 'ase', 'openmm' or 'torchsim', got {engine!r}"
+            )
     console.print(
         f"[green]done[/]: {result.steps_done} steps of {len(structures)} structure(s) in "
         f"{result.seconds:.1f} s ({result.steps_per_second:.0f} steps/s), "
