@@ -5,6 +5,7 @@ Train split 01 (1000 frames): 950 training + 50 validation frames (seeded). Test
 ../shared/data/README.md. Usage::
 
     python benchmarks/rmd17.py --minutes 15 [--molecule ethanol] [--out runs/rmd17]
+    python benchmarks/rmd17.py --size fast --epochs 300 --minutes 0   # the size menu's budget
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mlff_distiller.data.importers import import_file
 from mlff_distiller.evaluation.metrics import error_summary
 from mlff_distiller.evaluation.report import predict_dataset
 from mlff_distiller.models.io import load_model
+from mlff_distiller.models.sizes import STUDENT_SIZES, size_fields
 from mlff_distiller.training.config import TrainConfig
 from mlff_distiller.training.trainer import train
 
@@ -37,6 +39,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget")
     parser.add_argument("--molecule", default="ethanol", choices=sorted(PUBLISHED))
     parser.add_argument("--out", default="runs/rmd17")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder of the rMD17 npz files")
+    parser.add_argument(
+        "--size", default="", choices=["", *STUDENT_SIZES],
+        help="a named student size (overrides --hidden and --interactions)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=100_000,
+        help="epoch budget (the cosine schedule spans it); with --minutes 0 the only budget",
+    )
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -78,8 +89,8 @@ def main() -> None:
     rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 imports, the others wait
     ready = out / f".imported-{os.environ.get('TORCHELASTIC_RUN_ID', 'single')}"
     if rank == 0 and not (args.resume and train_h5.is_file() and test_h5.is_file()):
-        import_file(DATA / f"rmd17_{args.molecule}_train_01.npz", train_h5)
-        import_file(DATA / f"rmd17_{args.molecule}_test_01.npz", test_h5)
+        import_file(args.data / f"rmd17_{args.molecule}_train_01.npz", train_h5)
+        import_file(args.data / f"rmd17_{args.molecule}_test_01.npz", test_h5)
     if rank == 0:
         ready.touch()
     else:
@@ -89,14 +100,18 @@ def main() -> None:
                 raise TimeoutError(f"rank {rank}: rank 0 did not import the data into {out}")
             time.sleep(0.5)
 
+    arch = (
+        size_fields(args.size) if args.size
+        else {"hidden": args.hidden, "n_interactions": args.interactions, "n_rbf": 20,
+              "cutoff": 5.0}
+    )
     cfg = TrainConfig(
-        data=str(train_h5), train_size=950, val_size=50, hidden=args.hidden,
-        n_interactions=args.interactions,
-        n_rbf=20, cutoff=5.0, energy_weight=args.energy_weight, forces_weight=args.forces_weight,
+        data=str(train_h5), train_size=950, val_size=50, **arch, energy_weight=args.energy_weight,
+        forces_weight=args.forces_weight,
         force_loss=args.force_loss, huber_delta=args.huber_delta, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=200, schedule="cosine",
         min_lr_ratio=0.01, ema_decay=args.ema, patience=0,
-        max_epochs=100_000, max_time_min=args.minutes, batch_size=args.batch_size,
+        max_epochs=args.epochs, max_time_min=args.minutes, batch_size=args.batch_size,
         val_batch_size=50, seed=0, accelerator=args.accelerator,
         force_method=args.force_method, compile=args.compile, out=str(out / "train"),
         progress_bar=False,
@@ -116,9 +131,11 @@ def main() -> None:
                          pred.n_atoms)
     device = "GPU" if torch.cuda.is_available() and args.accelerator != "cpu" else "CPU"
     print()
-    print(f"rMD17 {args.molecule}: PaiNN hidden {args.hidden}, "
-          f"{args.interactions} interactions, {args.force_loss} force loss, 950 train / 50 val,"
-          f" budget {args.minutes:g} min on {device} ({torch.get_num_threads()} threads); "
+    size = f"size {args.size!r}: " if args.size else ""
+    print(f"rMD17 {args.molecule}: {size}PaiNN hidden {cfg.hidden}, "
+          f"{cfg.n_interactions} interactions, {args.force_loss} force loss, 950 train / 50 val,"
+          f" budget {args.minutes:g} min / {args.epochs} epochs on {device} "
+          f"({torch.get_num_threads()} threads); "
           f"{result.epochs} epochs, {result.global_step} steps, {wall / 60:.1f} min")
     print()
     print("| model | test force MAE (meV/Å) | test energy MAE (meV) | energy MAE (meV/atom) |")
@@ -135,7 +152,8 @@ def main() -> None:
           f"force RMSE {test['force_rmse_mev_per_a']:.1f} meV/Å, best val force MAE "
           f"{result.best_val_force_mae:.1f} meV/Å")
     (out / "rmd17_result.json").write_text(json.dumps(
-        {"test": test, "training": result.to_dict(), "minutes": args.minutes,
+        {"test": test, "training": result.to_dict(), "minutes": args.minutes, "size": args.size,
+         "architecture": arch, "epochs_budget": args.epochs, "wall_min": wall / 60,
          "device": device, "n_test": int(len(pred.energy_ref))}, indent=2))
 
 

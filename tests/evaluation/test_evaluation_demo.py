@@ -14,7 +14,7 @@ def demo_report(tmp_path_factory):
     cfg = DemoConfig(
         smiles=["CCO"], names=["ethanol"], teacher="xtb", temperature_k=400.0,
         equilibration_fs=50.0, sample_fs=150.0, save_every=2, train_minutes=0.35,
-        max_epochs=60, hidden=32, n_interactions=2, md_fs=50.0, out=str(out),
+        max_epochs=60, size="fast", md_fs=50.0, out=str(out),
         progress_bar=False,
     )
     return out, run_demo(cfg, say=lambda msg: None)

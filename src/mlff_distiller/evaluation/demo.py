@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mlff_distiller import units
+from mlff_distiller.models.sizes import RECOMMENDED_SIZE
 
 DEFAULT_MOLECULES = {
     "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
@@ -51,8 +52,7 @@ class DemoConfig:
     test_fraction: float = 0.2
     train_minutes: float = 4.0
     max_epochs: int = 400
-    hidden: int = 64
-    n_interactions: int = 3
+    size: str = RECOMMENDED_SIZE  # a named student size (models.sizes), the README's pick
     md_fs: float = 1000.0
     md_dt_fs: float = 0.5
     md_temperature_k: float = 300.0
@@ -298,8 +298,7 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
         data=str(out / "train.h5"),
         train_size=0.9,
         val_size=0.1,
-        hidden=cfg.hidden,
-        n_interactions=cfg.n_interactions,
+        size=cfg.size,
         lr=2e-3,
         warmup_steps=50,
         schedule="plateau",
@@ -334,7 +333,10 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
     report = {
         "config": asdict(cfg),
         "frames": frames,
-        "training": result.to_dict(),
+        "training": {**result.to_dict(), "architecture": {
+            k: getattr(train_cfg, k)
+            for k in ("size", "hidden", "n_interactions", "n_rbf", "cutoff", "shared_filters")
+        }},
         "evaluation": metrics,
         "student_md": {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in md.items()},
         "wall_clock": clock,
@@ -349,6 +351,7 @@ def render_report(report: dict) -> str:
     from mlff_distiller.evaluation.report import format_summary
 
     cfg, tr, ev = report["config"], report["training"], report["evaluation"]
+    arch = tr["architecture"]
     lines = [
         "# mlff_distiller demo",
         "",
@@ -366,7 +369,8 @@ def render_report(report: dict) -> str:
     lines += [
         "",
         "## Training",
-        f"PaiNN (hidden {cfg['hidden']}, {cfg['n_interactions']} interactions), "
+        f"PaiNN, size '{arch['size']}' (hidden {arch['hidden']}, {arch['n_interactions']} "
+        f"interactions, cutoff {arch['cutoff']:g} Å), "
         f"{tr['n_train']} training / {tr['n_val']} validation frames, {tr['epochs']} epochs "
         f"({tr['global_step']} steps) in {tr['wall_s']:.0f} s, stopped by {tr['stopped_by']}. "
         f"Best validation force MAE {tr['best_val_force_mae']:.1f} meV/Å.",

@@ -12,6 +12,7 @@ from typing import Any, get_args
 import yaml
 
 from mlff_distiller.models.painn import ForceMethod
+from mlff_distiller.models.sizes import STUDENT_SIZES, size_fields
 from mlff_distiller.training.losses import FORCE_LOSSES
 
 SPLITS = ("frame", "molecule")
@@ -35,11 +36,14 @@ class TrainConfig:
     split: str = "frame"
     train_size: float = 0.9
     val_size: float = 0.1
-    # model (PaiNN)
+    # model (PaiNN); ``size`` names a preset of these fields (models.sizes): the fields left
+    # at their defaults here take the preset's values
+    size: str = ""
     hidden: int = 128
     n_interactions: int = 3
     n_rbf: int = 20
     cutoff: float = 5.0
+    shared_filters: bool = False
     # loss
     energy_weight: float = 1.0
     forces_weight: float = 100.0
@@ -71,6 +75,12 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        if self.size:
+            _choice("size", self.size, tuple(STUDENT_SIZES))
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, value in size_fields(self.size).items():
+                if getattr(self, name) == defaults[name]:
+                    setattr(self, name, value)
         self.validate()
 
     def validate(self) -> None:
@@ -81,6 +91,8 @@ class TrainConfig:
         _choice("accelerator", self.accelerator, ACCELERATORS)
         _choice("force_method", self.force_method, FORCE_METHODS)
         _choice("force_loss", self.force_loss, FORCE_LOSSES)
+        if self.size:
+            _choice("size", self.size, tuple(STUDENT_SIZES))
         if self.force_method == "analytical" and self.precision.endswith("-mixed"):
             raise ValueError(
                 f"precision '{self.precision}' needs force_method 'autograd' (--force-method "

@@ -148,6 +148,7 @@ def build_model(config: TrainConfig) -> PaiNN:
             n_interactions=config.n_interactions,
             n_rbf=config.n_rbf,
             cutoff=config.cutoff,
+            shared_filters=config.shared_filters,
         )
     )
 
