@@ -140,7 +140,8 @@ def main() -> None:
     print()
     print("| model | test force MAE (meV/Å) | test energy MAE (meV) | energy MAE (meV/atom) |")
     print("|---|---|---|---|")
-    print(f"| mlff_distiller PaiNN ({args.minutes:g} min {device}) "
+    budget = f"{args.minutes:g} min" if args.minutes > 0 else f"{result.epochs} epochs"
+    print(f"| mlff_distiller PaiNN ({budget} {device}) "
           f"| {test['force_mae_mev_per_a']:.1f} | {test['energy_mae_mev']:.2f} "
           f"| {test['energy_mae_mev_per_atom']:.3f} |")
     for name, (f_mae, e_mae) in PUBLISHED[args.molecule].items():

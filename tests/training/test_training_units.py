@@ -128,3 +128,25 @@ def test_unknown_yaml_key_is_named(tmp_path):
 
 def test_config_is_plain_dataclass():
     assert dataclasses.is_dataclass(TrainConfig)
+
+
+def test_named_sizes_fill_the_architecture_unless_given():
+    from mlff_distiller.models.sizes import STUDENT_SIZES
+    from mlff_distiller.training.trainer import build_model
+
+    fast = TrainConfig(size="fast")
+    for name, value in STUDENT_SIZES["fast"].items():
+        assert getattr(fast, name) == value
+    model = build_model(fast)
+    assert model.config.shared_filters and model.config.hidden == 32
+    assert model.filter_weight.shape[0] == 3 * 32  # one filter network for all blocks
+    explicit = load_config(None, size="fast", hidden=48, cutoff=4.0)
+    assert (explicit.hidden, explicit.cutoff, explicit.n_interactions) == (48, 4.0, 2)
+    assert TrainConfig().hidden == 128 and not TrainConfig().shared_filters
+    with pytest.raises(ValueError, match="'size' must be one of"):
+        TrainConfig(size="huge")
+    runner = CliRunner()
+    from mlff_distiller.cli.main import app
+
+    result = runner.invoke(app, ["train", "--help"])
+    assert "--size" in result.output
