@@ -72,10 +72,9 @@ def bench_teachers(quick: bool) -> None:
         row = [time_calls(teacher, m, repeats) for m in mols[: 1 if spec.name == "pyscf" else 2]]
         cells = "".join(f"{t:>20.2f}" if i == 0 else f"{t:>16.2f}" for i, t in enumerate(row))
         print(f"{spec.name:<16}{cells}")
-    root = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alanine_dipeptide"
     from mlff_distiller.teachers.openmm_amber import read_mdtraj_h5
 
-    h5 = root / "mdtraj_ala2.h5"
+    h5 = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "mdtraj_ala2.h5"
     if h5.exists():
         _, frames = read_mdtraj_h5(h5)
         t = get_teacher("openmm-amber14", topology=str(h5))
