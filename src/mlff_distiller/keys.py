@@ -21,6 +21,13 @@ ENERGY = "energy"
 FREE_ENERGY = "free_energy"
 FORCES = "forces"
 STRESS = "stress"
+# uncertainty of a committee (models.committee): per-member forces (n_members, n_atoms, 3) eV/Å,
+# per-atom force uncertainty (n_atoms,) eV/Å = RMS over members of |F_m - F_mean|, and the
+# per-structure uncertainty (n_systems,) eV/Å = the largest per-atom value of the structure
+MEMBER_FORCES = "member_forces"
+MEMBER_ENERGIES = "member_energies"
+FORCE_UNCERTAINTY = "force_uncertainty"
+STRUCTURE_UNCERTAINTY = "structure_uncertainty"
 
 # trajectories
 TIME = "time"
