@@ -1,6 +1,7 @@
-"""The package layout: data -> teachers -> models -> training -> md -> kstep -> evaluation, cli on
-top; a module imports only from its own package or packages to its left (lazy imports inside
-functions included). keys, units and the package root are below everything."""
+"""The package layout: data -> teachers -> models -> training -> md -> kstep -> evaluation ->
+distill, with cli on top; a module imports only from its own package or packages to its left
+(lazy imports inside functions included). keys, units and the package root are below
+everything."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "mlff_distiller"
-ORDER = ["data", "teachers", "models", "training", "md", "kstep", "evaluation", "cli"]
+ORDER = ["data", "teachers", "models", "training", "md", "kstep", "evaluation", "distill", "cli"]
 BASE = {"keys", "units", "__init__", "py"}
 
 

@@ -110,3 +110,20 @@ def test_last_checkpoint_follows_every_epoch(ethanol_h5, tmp_path):
     assert last["epoch"] == cfg.max_epochs - 1
     assert last["global_step"] == result.global_step
     assert best["epoch"] < last["epoch"]  # the case Lightning's save_last gets wrong
+
+
+def test_warm_start_continues_from_the_saved_model(two_runs, tmp_path, val_curve):
+    """``init_from``: the run starts from the saved weights: its first validation error is that
+    of the saved model (a fresh run starts far above), and another architecture is refused."""
+    from mlff_distiller.models.io import ModelFileError
+
+    cfg, result = two_runs[0]
+    warm = TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path / "warm"), "max_epochs": 1,
+                          "lr": 1e-9, "warmup_steps": 0, "init_from": result.model_path})
+    train(warm)
+    first = val_curve(tmp_path / "warm")[0]
+    assert first == pytest.approx(result.best_val_force_mae, rel=0.02)
+    assert first < 0.5 * val_curve(Path(cfg.out))[0]
+    other = TrainConfig(**{**warm.to_dict(), "hidden": 16, "out": str(tmp_path / "other")})
+    with pytest.raises(ModelFileError, match="architecture"):
+        train(other)

@@ -26,6 +26,8 @@ HELP = {
     "where they are left at their defaults",
     "hidden": "PaiNN hidden features",
     "shared_filters": "one filter network shared by all interaction blocks (faster)",
+    "init_from": "a saved model of the same architecture whose weights (and reference energies) "
+    "start this training (warm start; the optimiser starts fresh)",
     "n_interactions": "PaiNN interaction blocks",
     "n_rbf": "radial basis functions",
     "cutoff": "cutoff radius, Å",

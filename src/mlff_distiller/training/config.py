@@ -44,6 +44,7 @@ class TrainConfig:
     n_rbf: int = 20
     cutoff: float = 5.0
     shared_filters: bool = False
+    init_from: str = ""  # a saved model (same architecture) whose weights start the training
     # loss
     energy_weight: float = 1.0
     forces_weight: float = 100.0

@@ -153,6 +153,20 @@ def build_model(config: TrainConfig) -> PaiNN:
     )
 
 
+def warm_start(model: PaiNN, path: str | Path) -> None:
+    """Copy the weights and buffers (reference energies, scale, shift, known elements) of the
+    saved model at ``path`` into ``model``; the architectures must match."""
+    from mlff_distiller.models.io import ModelFileError, load_model
+
+    source = load_model(path, architecture=model.architecture)
+    if source.config != model.config:
+        raise ModelFileError(
+            f"init_from {path}: its architecture {source.config} differs from this run's "
+            f"{model.config}"
+        )
+    model.load_state_dict(source.to(next(model.parameters()).dtype).state_dict())
+
+
 def _progress_bar(config: TrainConfig) -> list:
     if not config.progress_bar:
         return []
@@ -241,6 +255,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     trainer = build_trainer(config)
     model = build_model(config)
     datamodule.fit_statistics(model)
+    if config.init_from and ckpt_path is None:
+        warm_start(model, config.init_from)
     module = DistillationModule(model, config)
     model.compile_forces(config.compile)  # the training copy only; the EMA copy stays eager
     if trainer.is_global_zero:
