@@ -87,3 +87,19 @@ def test_ase_optimizer_lowers_the_energy(model):
     start = atoms.get_potential_energy()
     BFGS(atoms, logfile=None).run(fmax=0.05, steps=50)
     assert atoms.get_potential_energy() < start
+
+
+def test_recomputes_exactly_when_the_structure_changes(model):
+    atoms = molecule("CH3CH2OH")
+    calc = StudentCalculator(model, dtype=torch.float64)
+    atoms.calc = calc
+    f0 = atoms.get_forces()
+    assert calc.check_state(atoms) == []  # unchanged: the stored results are served
+    atoms.positions[3, 1] += 1e-12  # any change of a position is a change
+    assert calc.check_state(atoms) == ["positions"]
+    assert not np.array_equal(atoms.get_forces(), f0)
+    atoms.cell = [10.0, 10.0, 10.0]
+    assert "cell" in calc.check_state(atoms)
+    other = molecule("CH3CH2OH")
+    other.numbers[0] = 7  # another element at the same place
+    assert "numbers" in calc.check_state(other)

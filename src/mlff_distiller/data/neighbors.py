@@ -96,6 +96,12 @@ def all_pairs(
     device = positions.device
     n_atoms = positions.shape[0]
     n_systems = int(system_idx.max().item()) + 1 if n_atoms else 0
+    if n_systems == 1:  # one molecule (an ASE calculator's call): a dense mask, fewer ops
+        d2 = (positions[:, None, :] - positions[None, :, :]).square().sum(-1)
+        close = d2 < cutoff * cutoff
+        close.fill_diagonal_(False)
+        edge_index = torch.stack(torch.nonzero(close, as_tuple=True))
+        return edge_index, positions.new_zeros(edge_index.shape[1], 3)
     counts = torch.bincount(system_idx, minlength=n_systems)
     offsets = torch.cumsum(counts, 0) - counts  # first atom of each system
     per_atom = counts[system_idx]  # (n_atoms,) candidate partners of each atom

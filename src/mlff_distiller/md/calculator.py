@@ -85,6 +85,24 @@ class StudentCalculator(Calculator):
                 f"contains {names}. Use a model trained on these elements."
             )
 
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """What changed since the last call, among what the model reads (positions, numbers,
+        cell, pbc): exact comparisons, cheaper than ASE's generic ones (a third of a small
+        molecule's compiled call)."""
+        old = self.atoms
+        if old is None:
+            return list(all_changes)
+        changes = []
+        if len(old) != len(atoms) or not np.array_equal(old.numbers, atoms.numbers):
+            return ["positions", "numbers", "cell", "pbc"]
+        if not np.array_equal(old.positions, atoms.positions):
+            changes.append("positions")
+        if not np.array_equal(old.cell.array, atoms.cell.array):
+            changes.append("cell")
+        if not np.array_equal(old.pbc, atoms.pbc):
+            changes.append("pbc")
+        return changes
+
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes):
         properties = properties or ["energy"]
         super().calculate(atoms, properties, system_changes)
@@ -118,6 +136,11 @@ class StudentCalculator(Calculator):
             keys.FREE_ENERGY: energy,
             keys.FORCES: out[keys.FORCES].detach().double().cpu().numpy(),
         }
+        if keys.FORCE_UNCERTAINTY in out:  # a committee: (n_atoms,) and a float, eV/Å
+            self.results[keys.FORCE_UNCERTAINTY] = (
+                out[keys.FORCE_UNCERTAINTY].detach().double().cpu().numpy()
+            )
+            self.results[keys.STRUCTURE_UNCERTAINTY] = float(out[keys.STRUCTURE_UNCERTAINTY][0])
         if want_stress:
             from ase.stress import full_3x3_to_voigt_6_stress
 
