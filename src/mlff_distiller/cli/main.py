@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "evaluate",  # mlffd eval
     "md",  # mlffd md
     "kstep",  # mlffd kstep dataset|train|run
+    "distill",  # mlffd distill (active learning)
     "demo",  # mlffd demo
 )
 

@@ -35,6 +35,17 @@ def md(
     out: Path = typer.Option(Path("md.h5"), "--out", "-o", help="HDF5 trajectory"),
     resume: bool = typer.Option(False, help="continue from the last saved frame (batched)"),
     threads: int = typer.Option(1, help="torch threads"),
+    teacher_fallback: str = typer.Option(
+        None,
+        help="a teacher (e.g. xtb) that takes over every step of a structure whose committee "
+        "force uncertainty exceeds --max-uncertainty (batched engine, committee models)",
+    ),
+    max_uncertainty: float = typer.Option(
+        None, help="eV/Å: the largest per-atom committee force uncertainty trusted"
+    ),
+    fallback_out: Path = typer.Option(
+        None, help="HDF5 file for the teacher-labelled fallback frames (default: <out>.fallback.h5)"
+    ),
     compile: bool = typer.Option(
         True,
         "--compile/--no-compile",
@@ -73,6 +84,8 @@ def md(
                 a.info["name"] = f"{a.info.get('name') or a.get_chemical_formula()}_r{k % replicas}"
         student = load_model(model)
         use_compile = None if compile else False  # None: where possible (analytical forces)
+        if teacher_fallback is not None and engine != "batched":
+            raise ValueError("--teacher-fallback runs with --engine batched only")
         if engine == "ase":
             from mlff_distiller.md.ase_runner import run_ase_md
             from mlff_distiller.md.calculator import StudentCalculator
@@ -84,8 +97,20 @@ def md(
             )
             _, result = run_ase_md(calc, structures[0], config, out=out)
         elif engine == "batched":
+            fallback = {}
+            if teacher_fallback is not None:
+                from mlff_distiller.teachers import get_teacher
+
+                if max_uncertainty is None:
+                    raise ValueError("--teacher-fallback needs --max-uncertainty (eV/Å)")
+                fallback = {
+                    "teacher_fallback": get_teacher(teacher_fallback),
+                    "max_uncertainty": max_uncertainty,
+                    "fallback_out": fallback_out or out.with_suffix(".fallback.h5"),
+                }
             result = run_md(
-                student, structures, config, out=out, resume=resume, compile=use_compile
+                student, structures, config, out=out, resume=resume, compile=use_compile,
+                **fallback,
             )
         elif engine == "torchsim":
             try:
@@ -112,3 +137,9 @@ def md(
         f"{result.seconds:.1f} s ({result.steps_per_second:.0f} steps/s), "
         f"{result.frames_written} frames -> {out}"
     )
+    if teacher_fallback is not None and engine == "batched":
+        console.print(
+            f"teacher fallbacks: {result.fallbacks} of {result.steps_done * len(structures)} "
+            f"structure-steps above {max_uncertainty:g} eV/Å used {teacher_fallback}'s forces; "
+            f"frames -> {fallback['fallback_out']}"
+        )

@@ -60,6 +60,12 @@ HELP = {
     "accelerator": "'auto', 'cpu' or 'gpu'",
     "out": "output directory (checkpoints, logs, exported model)",
     "progress_bar": "show a progress bar",
+    "split_seed": "seed of the train/validation split (-1: --seed)",
+    "bootstrap_seed": "resample the training frames with replacement with this seed (-1: off; "
+    "committee members use it)",
+    "committee": "train a committee of this many students (seeds seed..seed+N-1, bootstrap "
+    "resampled training sets, one validation split) into <out>/member_k and save it as one "
+    "model with a force uncertainty to <out>/model; 0: one student",
 }
 
 _PY_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -85,6 +91,17 @@ def _build_command():
             rank_zero = os.environ.get("RANK", "0") == "0"
             if rank_zero:
                 console.print(f"[bold]training[/] on {cfg.data} -> {cfg.out}")
+            if cfg.committee:
+                from mlff_distiller.training.committee import train_committee
+
+                done = train_committee(cfg, members=cfg.committee, resume=resume)
+                if rank_zero:
+                    maes = ", ".join(f"{r.best_val_force_mae:.2f}" for r in done.members)
+                    console.print(
+                        f"[green]done[/]: committee of {cfg.committee}, best val force MAEs "
+                        f"{maes} meV/Å; model -> {done.model_path}"
+                    )
+                return
             result = train(cfg, resume=resume)
             if rank_zero:
                 console.print(

@@ -56,6 +56,7 @@ class MDResult:
     steps_done: int
     frames_written: int
     seconds: float
+    fallbacks: int = 0  # structure-steps that used the teacher's forces (teacher_fallback)
 
     @property
     def steps_per_second(self) -> float:
@@ -93,6 +94,9 @@ def run_md(
     progress: bool = True,
     compile: bool | None = None,
     retain_memory: bool = True,
+    teacher_fallback=None,
+    max_uncertainty: float | None = None,
+    fallback_out: str | Path | None = None,
 ) -> MDResult:
     """Advance all ``structures`` ``config.steps`` steps together.
 
@@ -103,6 +107,10 @@ def run_md(
     :mod:`mlff_distiller.models.fast_path`), False eager. ``retain_memory`` (default True):
     glibc keeps freed memory in the process (:mod:`mlff_distiller.models.cpu_memory`), so large
     batches keep their per-atom throughput. The caller's model is never modified (a copy runs).
+    ``teacher_fallback``: an ASE calculator (a teacher) that takes over every structure and step
+    whose committee uncertainty exceeds ``max_uncertainty`` (eV/Å; ``model`` must be a committee,
+    see :class:`~mlff_distiller.md.fallback.TeacherFallback`); those frames go to
+    ``fallback_out`` with the teacher's labels, and ``MDResult.fallbacks`` counts them.
     """
     import time
 
@@ -118,6 +126,14 @@ def run_md(
         model.compile_forces(compiled)
     n_sys = len(structures)
     names = [a.info.get("name") or a.get_chemical_formula() for a in structures]
+    fallback = None
+    if teacher_fallback is not None:
+        from mlff_distiller.md.fallback import TeacherFallback
+
+        if max_uncertainty is None:
+            raise ValueError("teacher_fallback needs max_uncertainty (eV/Å)")
+        fallback = TeacherFallback(model, teacher_fallback, max_uncertainty, fallback_out, names)
+        model = fallback
     state = initial_state(structures, config.temperature_k, config.seed, dtype, device)
     start_step = 0
     writer = None
@@ -162,7 +178,9 @@ def run_md(
     if writer is not None:
         frames = len(writer)
         writer.close()
-    return MDResult(state, len(steps), frames, seconds)
+    if fallback is not None:
+        fallback.close()
+    return MDResult(state, len(steps), frames, seconds, fallback.n_fallbacks if fallback else 0)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -74,6 +74,11 @@ class TrainConfig:
     accelerator: str = "auto"
     out: str = "mlffd_train"
     progress_bar: bool = True
+    # committee: 0 trains one student; M >= 2 trains M (training.committee.train_committee,
+    # run by ``mlffd train``; trainer.train itself always trains one)
+    committee: int = 0
+    split_seed: int = -1  # the seed of the train/validation split (-1: ``seed``)
+    bootstrap_seed: int = -1  # >= 0: training frames resampled with replacement (committees)
 
     def __post_init__(self) -> None:
         if self.size:
@@ -107,6 +112,10 @@ class TrainConfig:
                      "warmup_steps", "max_time_min", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config field '{name}' must be >= 0, got {getattr(self, name)}")
+        if self.committee < 0 or self.committee == 1:
+            raise ValueError(
+                f"config field 'committee' must be 0 (one student) or >= 2, got {self.committee}"
+            )
         if self.energy_weight == 0 and self.forces_weight == 0:
             raise ValueError("energy_weight and forces_weight are both 0: nothing to learn")
         if not 0.0 <= self.ema_decay < 1.0:

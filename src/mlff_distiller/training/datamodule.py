@@ -73,6 +73,10 @@ class HDF5DataModule(L.LightningDataModule):
             if not self.dataset.has(key):
                 raise ValueError(f"dataset '{path}' has no '{key}' labels; label it with a teacher")
         self.train_indices, self.val_indices = split_indices(self.dataset, config)
+        if config.bootstrap_seed >= 0:  # a committee member: its own resample of the training
+            rng = np.random.default_rng(config.bootstrap_seed)
+            drawn = rng.choice(self.train_indices, size=len(self.train_indices), replace=True)
+            self.train_indices = np.sort(drawn)
 
     def read_batch(self, indices: list[int] | np.ndarray) -> AtomsBatch:
         """Structures ``indices`` as an ``AtomsBatch`` on the CPU with energy and force labels."""
@@ -136,7 +140,8 @@ def split_indices(dataset: Dataset, config: TrainConfig) -> tuple[np.ndarray, np
             f"train_size={config.train_size} and val_size={config.val_size}: give both as "
             "fractions (< 1) or both as counts (>= 1)"
         )
-    split = make_split(dataset, by=config.split, fractions=fractions, seed=config.seed)
+    seed = config.seed if config.split_seed < 0 else config.split_seed
+    split = make_split(dataset, by=config.split, fractions=fractions, seed=seed)
     if len(split["train"]) == 0 or len(split["val"]) == 0:
         raise ValueError(
             f"split of '{dataset.path}' by {config.split} gives {len(split['train'])} training "

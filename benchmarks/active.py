@@ -1,0 +1,205 @@
+"""Active (``mlffd distill``) against passive distillation at an equal teacher-call budget.
+
+Both arms end with a committee of students of the same size:
+
+- **active**: ``run_distill`` (seed frames, then labels only where the committee is unsure, over
+  a temperature ladder up to ``--top-temperature``), ``--budget`` teacher calls;
+- **passive**: teacher NVT MD at ``--temperature`` from the relaxed structure, every one of its
+  ``--budget`` steps labelled (each MD step is a teacher call), a committee trained on those
+  frames for as long as the active arm trained in total.
+
+Scored on the same held-out teacher NVT MD at ``--temperature`` (not counted in either budget):
+committee-mean force MAE; and by stability: ``--replicas`` student NVT MD replicas at
+``--temperature`` for ``--horizon-ps``, each until its first **failure**: a bond of the starting
+structure (atoms closer than 1.2x the sum of covalent radii) stretched past 1.5x its starting
+length, two atoms closer than 0.5 Å, or non-finite positions. Frames are checked every
+``--check-fs``; a replica that never fails counts as the horizon (censored). Usage::
+
+    python benchmarks/active.py --smiles 'CC(=O)Oc1ccccc1C(=O)O' --budget 500 --out runs/active
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.data import covalent_radii
+
+from mlff_distiller import keys, units
+from mlff_distiller.data.hdf5 import Dataset
+from mlff_distiller.data.structures import from_smiles
+from mlff_distiller.distill.config import DistillConfig
+from mlff_distiller.distill.loop import run_distill, save_committee, score_holdout, train_members
+from mlff_distiller.md.runner import MDConfig, MDError, run_md
+from mlff_distiller.models.io import load_model
+from mlff_distiller.teachers import get_teacher
+from mlff_distiller.teachers.sampling import SamplingConfig, sample
+from mlff_distiller.training.config import TrainConfig
+
+
+def bonds_of(atoms) -> tuple[np.ndarray, np.ndarray]:
+    """Bonded pairs (b, 2) of a structure and their lengths (b,) Å."""
+    pos, z = atoms.positions, atoms.numbers
+    i, j = np.triu_indices(len(atoms), k=1)
+    d = np.linalg.norm(pos[i] - pos[j], axis=1)
+    bonded = d < 1.2 * (covalent_radii[z[i]] + covalent_radii[z[j]])
+    return np.stack([i[bonded], j[bonded]], axis=1), d[bonded]
+
+
+def failed(positions: np.ndarray, bonds: np.ndarray, ref: np.ndarray) -> bool:
+    """The failure definition of this benchmark (see the module docstring)."""
+    if not np.isfinite(positions).all():
+        return True
+    stretched = np.linalg.norm(positions[bonds[:, 0]] - positions[bonds[:, 1]], axis=1)
+    if (stretched > 1.5 * ref).any():
+        return True
+    i, j = np.triu_indices(len(positions), k=1)
+    return bool((np.linalg.norm(positions[i] - positions[j], axis=1) < 0.5).any())
+
+
+def time_to_failure(model_path: Path, atoms, args, out: Path) -> list[float]:
+    """Per replica: ps until the first failure (the horizon when it never failed)."""
+    model = load_model(model_path)
+    bonds, ref = bonds_of(atoms)
+    n_chunks = int(np.ceil(args.horizon_ps * 1000 / args.check_fs))
+    alive = list(range(args.replicas))
+    current = {r: atoms.copy() for r in alive}
+    fail_ps = {r: args.horizon_ps for r in alive}
+    save_every = max(1, int(round(args.md_save_fs / args.dt)))
+    for c in range(n_chunks):
+        if not alive:
+            break
+        structures = [current[r] for r in alive]
+        for r, a in zip(alive, structures, strict=True):
+            a.info[keys.NAME] = f"r{r}"
+        md = MDConfig(steps=int(round(args.check_fs / args.dt)), dt_fs=args.dt,
+                      temperature_k=args.temperature, friction_per_ps=1.0,
+                      save_every=save_every, seed=args.seed + 7919 * c)
+        path = out / f"chunk_{c:04d}.h5"
+        try:
+            run_md(model, structures, md, out=path, progress=False, dtype=torch.float32)
+        except MDError:
+            pass  # the frames saved so far are checked below; the blown-up replica fails
+        with Dataset(path) as ds:
+            n = len(ds) // len(alive)
+            frames = [[ds.get_arrays(k * len(alive) + s) for k in range(n)]
+                      for s in range(len(alive))]
+        survivors = []
+        for s, r in enumerate(alive):
+            t0 = c * args.check_fs / 1000
+            bad = [k for k, f in enumerate(frames[s]) if failed(f[keys.POSITIONS], bonds, ref)]
+            if bad or n * save_every < md.steps:  # failed, or the batch stopped early
+                k = bad[0] if bad else n
+                fail_ps[r] = t0 + k * save_every * args.dt / 1000
+                continue
+            last = frames[s][-1]
+            nxt = atoms.copy()
+            nxt.positions = last[keys.POSITIONS]
+            nxt.set_velocities(units.velocities_internal_to_ase(last[keys.VELOCITIES]))
+            current[r] = nxt
+            survivors.append(r)
+        alive = survivors
+        path.unlink()
+    return [fail_ps[r] for r in range(args.replicas)]
+
+
+def passive_arm(args, atoms, out: Path, train_minutes: float) -> Path:
+    """Teacher MD of ``budget`` steps (all labelled), then a committee trained on them."""
+    frames = out / "passive_frames.h5"
+    if not frames.exists():
+        cfg = SamplingConfig(temperature_k=args.temperature, dt_fs=args.dt, equilibration_fs=0.0,
+                             production_fs=(args.budget - 1) * args.dt, save_every=1,
+                             seed=args.seed)
+        sample(get_teacher(args.teacher), atoms, frames, cfg)
+    configs = [
+        TrainConfig(data=str(frames), size=args.size, train_size=0.9, val_size=0.1, lr=2e-3,
+                    warmup_steps=50, ema_decay=0.99, batch_size=8, patience=0, max_epochs=100_000,
+                    max_time_min=train_minutes, seed=args.seed + 101 * k,
+                    out=str(out / f"passive_member_{k}"), progress_bar=False)
+        for k in range(args.members)
+    ]
+    train_members(configs, workers=min(args.members, 2))
+    save_committee([Path(c.out) / "model" for c in configs], out / "passive_committee")
+    return out / "passive_committee"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smiles", default="CC(=O)Oc1ccccc1C(=O)O")
+    parser.add_argument("--teacher", default="xtb")
+    parser.add_argument("--budget", type=int, default=500)
+    parser.add_argument("--temperature", type=float, default=500.0, help="test temperature, K")
+    parser.add_argument("--top-temperature", type=float, default=600.0)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--size", default="fast")
+    parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--horizon-ps", type=float, default=10.0)
+    parser.add_argument("--check-fs", type=float, default=500.0)
+    parser.add_argument("--md-save-fs", type=float, default=5.0)
+    parser.add_argument("--dt", type=float, default=0.5)
+    parser.add_argument("--test-fs", type=float, default=2000.0)
+    parser.add_argument("--max-uncertainty", type=float, default=0.15)
+    parser.add_argument("--out", type=Path, default=Path("runs/active"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    atoms = from_smiles(args.smiles, seed=args.seed)[0]
+
+    test = out / f"test_{args.temperature:g}K.h5"
+    if not test.exists():
+        cfg = SamplingConfig(temperature_k=args.temperature, dt_fs=args.dt,
+                             equilibration_fs=1000.0, production_fs=args.test_fs, save_every=10,
+                             seed=args.seed + 5000)
+        sample(get_teacher(args.teacher), atoms, test, cfg)
+
+    t0 = time.perf_counter()
+    ladder = sorted({300.0, 400.0, args.temperature, args.top_temperature})
+    summary = run_distill(DistillConfig(
+        smiles=[args.smiles], teacher=args.teacher, out=str(out / "active"), budget=args.budget,
+        temperatures_k=ladder, members=args.members, size=args.size, holdout_fs=0.0,
+        max_uncertainty=args.max_uncertainty, seed=args.seed,
+    ))
+    active_min = (time.perf_counter() - t0) / 60
+    member_runs = (out / "active").glob("iter_*/member_0/result.json")
+    trained = sum(json.loads(p.read_text())["wall_s"] for p in member_runs) / 60
+    passive = passive_arm(args, atoms, out, train_minutes=trained)
+
+    rows = []
+    for name, path, calls in (("passive", passive, args.budget),
+                              ("active", Path(summary["model_path"]), summary["teacher_calls"])):
+        score = score_holdout(path, test)
+        ttf = time_to_failure(path, atoms, args, out)
+        rows.append((name, calls, score, ttf))
+    print()
+    print(f"# Active vs passive distillation: {args.smiles}, teacher {args.teacher}, budget "
+          f"{args.budget} calls, tested at {args.temperature:g} K ({args.replicas} replicas x "
+          f"{args.horizon_ps:g} ps); active loop {active_min:.1f} min, "
+          f"{trained:.1f} min training per member")
+    print()
+    print("| arm | teacher calls | test force MAE (meV/Å) | rank corr. | failed replicas "
+          "| median time to failure (ps) | mean (censored at the horizon) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, calls, score, ttf in rows:
+        n_fail = sum(t < args.horizon_ps for t in ttf)
+        print(f"| {name} | {calls} | {score['holdout_force_mae_mev']:.1f} | "
+              f"{score['holdout_spearman']:.2f} | {n_fail}/{args.replicas} | "
+              f"{np.median(ttf):.2f} | {np.mean(ttf):.2f} |")
+    (p, a) = rows
+    mae_ratio = p[2]["holdout_force_mae_mev"] / a[2]["holdout_force_mae_mev"]
+    ttf_ratio = np.median(a[3]) / max(np.median(p[3]), 1e-9)
+    print()
+    print(f"force MAE passive / active: {mae_ratio:.2f}x (target >= 1.5x); time to first "
+          f"failure active / passive (medians): {ttf_ratio:.1f}x (target >= 10x)")
+    (out / "active_result.json").write_text(json.dumps(
+        {"rows": [{"arm": n, "calls": c, **s, "time_to_failure_ps": t} for n, c, s, t in rows],
+         "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""``mlffd distill`` end to end with the real GFN2-xTB teacher on ethanol: the loop labels only
+what the committee selects, within the budget, resumes after ``kill -9`` with no frame lost or
+labelled twice, and writes its report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlff_distiller.data.hdf5 import Dataset
+from mlff_distiller.distill.config import DistillConfig
+from mlff_distiller.distill.loop import label_files, run_distill, teacher_calls
+
+TINY = dict(
+    smiles=["CCO"], teacher="xtb", budget=40, seed_frames=16, temperatures_k=[300.0, 800.0],
+    replicas=1, md_fs=100.0, save_every=5, max_uncertainty=0.02, frames_per_iteration=8,
+    max_iterations=2, members=2, size="fast", first_train_minutes=0.15, train_minutes=0.08,
+    max_epochs=60, holdout_fs=50.0, seed=3,
+)
+
+
+def _label_positions(out: Path) -> list[np.ndarray]:
+    """Positions of every teacher-labelled frame: the seed set, then each round's labels."""
+    frames = []
+    for path in label_files(out):
+        with Dataset(path) as ds:
+            frames += [ds.get_arrays(i)["positions"] for i in range(len(ds))]
+    return frames
+
+
+def _no_duplicates(frames: list[np.ndarray]) -> bool:
+    keys = {np.round(f, 8).tobytes() for f in frames}
+    return len(keys) == len(frames)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "run"
+    summary = run_distill(DistillConfig(out=str(out), **TINY), say=lambda msg: None)
+    return out, summary
+
+
+def test_the_loop_labels_what_it_selects_within_the_budget(finished_run):
+    out, summary = finished_run
+    calls = teacher_calls(out)
+    assert calls == summary["teacher_calls"] <= TINY["budget"]
+    selected = 0
+    for path in out.glob("iter_*/selected.h5"):
+        with Dataset(path) as ds:
+            selected += len(ds)
+    frames = _label_positions(out)
+    assert len(frames) == TINY["seed_frames"] + selected == calls  # xTB failed on none
+    assert _no_duplicates(frames)
+    # the threshold is tiny: the first exploration finds candidates, so a second round trains
+    assert summary["iterations"][0]["candidates"] > 0 and selected > 0
+    with Dataset(out / "iter_00" / "selected.h5") as ds:
+        selected_0 = np.stack([ds.get_arrays(i)["positions"] for i in range(len(ds))])
+    with Dataset(out / "labels" / "iter_00.h5") as ds:
+        labelled_0 = np.stack([ds.get_arrays(i)["positions"] for i in range(len(ds))])
+    np.testing.assert_allclose(labelled_0, selected_0)  # the teacher labelled those frames
+
+
+def test_the_selected_frames_are_the_uncertain_ones(finished_run):
+    from mlff_distiller.distill.loop import frame_uncertainties
+
+    out, _ = finished_run
+    candidates = json.loads((out / "iter_00" / "candidates.json").read_text())
+    assert candidates and all(u > TINY["max_uncertainty"] for _, _, u in candidates)
+    u = frame_uncertainties(out / "iter_00" / "committee", out / "iter_00" / "selected.h5")
+    assert (u > TINY["max_uncertainty"]).all()
+
+
+def test_the_report_shows_the_history(finished_run):
+    out, summary = finished_run
+    report = (out / "report.md").read_text()
+    assert "held-out force MAE" in report and "Calibration" in report
+    for name in ("error_vs_calls.png", "calibration.png", "uncertainty_md.png"):
+        assert (out / name).stat().st_size > 5000
+    scored = [h for h in summary["iterations"] if "holdout_force_mae_mev" in h]
+    assert len(scored) >= 2 and all(np.isfinite(h["holdout_force_mae_mev"]) for h in scored)
+
+
+def test_kill_9_then_rerun_loses_nothing_and_labels_nothing_twice(tmp_path):
+    out = tmp_path / "run"
+    code = (
+        "import sys; from mlff_distiller.distill.config import DistillConfig;"
+        "from mlff_distiller.distill.loop import run_distill;"
+        f"run_distill(DistillConfig(out={str(out)!r}, **{TINY!r}), say=print)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "iter_00" / "train.done").exists():  # first committee trained: kill now
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = "after training"
+            break
+        time.sleep(0.2)
+    proc.wait()
+    assert killed_at, "the run ended or timed out before it could be killed"
+    before = _label_positions(out)
+    summary = run_distill(DistillConfig(out=str(out), **TINY), say=lambda msg: None)
+    after = _label_positions(out)
+    assert len(after) >= len(before) and _no_duplicates(after)
+    for a, b in zip(before, after[: len(before)], strict=True):
+        np.testing.assert_array_equal(a, b)  # nothing committed was lost or rewritten
+    assert summary["teacher_calls"] == len(after) <= TINY["budget"]
