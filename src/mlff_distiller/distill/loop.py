@@ -39,7 +39,10 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
     """Run (or continue) the loop in ``config.out``; returns the summary (``summary.json``)."""
     import torch
 
-    say = say or print
+    if say is None:
+        from rich.console import Console
+
+        say = Console().print
     torch.set_num_threads(config.threads)
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,9 @@ def build_trainer(config: TrainConfig) -> L.Trainer:
     # Lightning's info lines (accelerator summary, a logging-service advert) are noise in our
     # CLI: the run's own summary states the device and why training stopped.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # small datasets (active learning's first rounds) have fewer batches than the logging
+    # interval; the per-epoch training RMSE is logged regardless
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* logging")
     out = config.out_dir
     accelerator = _accelerator(config)
     precision = _precision(config, accelerator)
