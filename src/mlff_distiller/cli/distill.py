@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mlff_distiller.cli._common import console, user_errors
+from mlff_distiller.distill.config import DistillConfig as D
 
 
 def register(app: typer.Typer) -> None:
@@ -18,34 +19,46 @@ def distill(
     structure: list[Path] = typer.Option(None, "--structure", help="a structure file (repeat)"),
     teacher: str = typer.Option("xtb", "--teacher", "-t", help="teacher name (mlffd teachers)"),
     out: Path = typer.Option(Path("mlffd_distill"), "--out", "-o", help="run directory"),
-    budget: int = typer.Option(500, help="teacher calls for training labels"),
-    seed_frames: int = typer.Option(48, help="first labelled frames per molecule"),
+    budget: int = typer.Option(D.budget, help="teacher calls for training labels"),
+    seed_frames: int = typer.Option(D.seed_frames, help="first labelled frames, per molecule"),
     temperatures: str = typer.Option("300,400,500,600", help="student MD ladder, K"),
-    replicas: int = typer.Option(2, help="student MD replicas per molecule and temperature"),
-    md_fs: float = typer.Option(2000.0, help="student MD per replica and iteration, fs"),
+    replicas: int = typer.Option(
+        D.replicas, help="student MD replicas per molecule and temperature"
+    ),
+    md_fs: float = typer.Option(D.md_fs, help="student MD per replica and iteration, fs"),
     max_uncertainty: float = typer.Option(
-        0.15, help="eV/Å: frames whose largest per-atom committee force deviation passes it "
+        D.max_uncertainty,
+        help="eV/Å: frames whose largest per-atom committee force deviation passes it "
         "are labelled; the run converges when the MD stays under it"
     ),
-    frames_per_iteration: int = typer.Option(40, help="frames labelled per molecule and round"),
-    max_iterations: int = typer.Option(8),
-    members: int = typer.Option(4, help="committee members"),
-    size: str = typer.Option("fast", help="student size (fast, balanced, accurate)"),
-    train_minutes: float = typer.Option(1.0, help="training per member and round (warm start)"),
-    first_train_minutes: float = typer.Option(2.0, help="training per member, first round"),
-    holdout_fs: float = typer.Option(1000.0, help="held-out teacher MD for scoring, fs (0: none)"),
-    workers: int = typer.Option(0, help="Ray actors for the teacher labels (0: in process)"),
+    frames_per_iteration: int = typer.Option(
+        D.frames_per_iteration, help="frames labelled per molecule and round"
+    ),
+    max_iterations: int = typer.Option(D.max_iterations),
+    members: int = typer.Option(D.members, help="committee members"),
+    size: str = typer.Option(D.size, help="student size (fast, balanced, accurate)"),
+    train_minutes: float = typer.Option(
+        D.train_minutes, help="training per member and round (warm start), min"
+    ),
+    first_train_minutes: float = typer.Option(
+        D.first_train_minutes, help="training per member, first round, min"
+    ),
+    holdout_fs: float = typer.Option(
+        D.holdout_fs, help="held-out teacher MD for scoring, fs (0: none)"
+    ),
+    workers: int = typer.Option(
+        D.workers, help="Ray actors for the teacher labels (0: in process)"
+    ),
     seed: int = typer.Option(0),
 ) -> None:
     """Distil a committee of students on the fly: teacher labels only where it is unsure.
 
     Rerun the same command to continue a stopped or killed run.
     """
-    from mlff_distiller.distill.config import DistillConfig
     from mlff_distiller.distill.loop import run_distill
 
     with user_errors():
-        config = DistillConfig(
+        config = D(
             smiles=list(smiles or []), structures=[str(p) for p in structure or []],
             teacher=teacher, out=str(out), budget=budget, seed_frames=seed_frames,
             temperatures_k=[float(t) for t in temperatures.split(",") if t.strip()],

@@ -27,18 +27,18 @@ class DistillConfig:
     rattle_a: float = 0.08  # Gaussian displacement of the seed frames, Å
     temperatures_k: list[float] = field(default_factory=lambda: [300.0, 400.0, 500.0, 600.0])
     replicas: int = 2  # student MD replicas per molecule and temperature
-    md_fs: float = 2000.0  # student MD per replica and iteration; the converged run's length
+    md_fs: float = 1000.0  # student MD per replica and iteration; the converged run's length
     dt_fs: float = 0.5
     friction_per_ps: float = 1.0
     save_every: int = 10
     max_uncertainty: float = 0.15
     lost_factor: float = 3.0
     frames_per_iteration: int = 40  # per molecule
-    max_iterations: int = 8
+    max_iterations: int = 6
     members: int = 4
     size: str = "fast"
-    first_train_minutes: float = 2.0  # per member, iteration 0
-    train_minutes: float = 1.0  # per member, later iterations (warm-started)
+    first_train_minutes: float = 1.5  # per member, iteration 0
+    train_minutes: float = 0.5  # per member, later iterations (warm-started)
     max_epochs: int = 2000
     holdout_fs: float = 1000.0  # teacher MD at the top temperature, scored each iteration
     workers: int = 0  # Ray actors for teacher labels (0: in this process)
