@@ -36,6 +36,12 @@ BOLTZMANN = _u.kB  # eV / K
 # ASE's own time unit is sqrt(amu Å^2 / eV); one fs is this many ASE time units.
 ASE_TIME_PER_FS = _u.fs
 
+# derived: masses in amu, velocities in Å/fs
+MASS_VELOCITY2_TO_EV = 1.0 / ASE_TIME_PER_FS**2  # 1 amu Å^2/fs^2 = 103.64 eV
+ACCEL_PER_FORCE_OVER_MASS = ASE_TIME_PER_FS**2  # (eV/Å)/amu -> Å/fs^2
+NM_PER_PS = NM / PS  # a velocity of 1 nm/ps in Å/fs (0.01)
+MEV_PER_EV = 1.0 / MEV  # 1000: eV -> meV for reports
+
 UNITS_ATTRS = {
     "length": "Angstrom",
     "energy": "eV",

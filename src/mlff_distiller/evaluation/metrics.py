@@ -11,29 +11,29 @@ from collections.abc import Sequence
 import numpy as np
 from ase.data import chemical_symbols
 
-MEV = 1000.0
+from mlff_distiller import units
 
 
 def energy_mae_per_atom(
     energy_pred: np.ndarray, energy_ref: np.ndarray, n_atoms: np.ndarray
 ) -> float:
     """Mean over structures of |E_pred - E_ref| / n_atoms, in meV/atom."""
-    return float(np.mean(np.abs(energy_pred - energy_ref) / n_atoms) * MEV)
+    return float(np.mean(np.abs(energy_pred - energy_ref) / n_atoms) * units.MEV_PER_EV)
 
 
 def energy_mae(energy_pred: np.ndarray, energy_ref: np.ndarray) -> float:
     """Mean absolute error of the total energy per structure, in meV."""
-    return float(np.mean(np.abs(energy_pred - energy_ref)) * MEV)
+    return float(np.mean(np.abs(energy_pred - energy_ref)) * units.MEV_PER_EV)
 
 
 def force_mae(forces_pred: np.ndarray, forces_ref: np.ndarray) -> float:
     """Mean over atoms and components of |F_pred - F_ref|, in meV/Å."""
-    return float(np.mean(np.abs(forces_pred - forces_ref)) * MEV)
+    return float(np.mean(np.abs(forces_pred - forces_ref)) * units.MEV_PER_EV)
 
 
 def force_rmse(forces_pred: np.ndarray, forces_ref: np.ndarray) -> float:
     """Root mean square over atoms and components of F_pred - F_ref, in meV/Å."""
-    return float(np.sqrt(np.mean((forces_pred - forces_ref) ** 2)) * MEV)
+    return float(np.sqrt(np.mean((forces_pred - forces_ref) ** 2)) * units.MEV_PER_EV)
 
 
 def force_cosine_similarity(
@@ -62,7 +62,7 @@ def error_summary(
         "force_mae_mev_per_a": force_mae(forces_pred, forces_ref),
         "force_rmse_mev_per_a": force_rmse(forces_pred, forces_ref),
         "force_cosine": force_cosine_similarity(forces_pred, forces_ref),
-        "force_std_mev_per_a": float(np.std(forces_ref) * MEV),
+        "force_std_mev_per_a": float(np.std(forces_ref) * units.MEV_PER_EV),
     }
 
 

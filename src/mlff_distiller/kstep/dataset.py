@@ -132,7 +132,7 @@ def to_on_step_velocities(traj: dict, dt: float) -> dict:
     ``v(t) = v(t - dt/2) + dt/2 F(x_t) / m`` (the second half-kick of velocity Verlet), so that
     windows match the on-step velocities of the hybrid integrator."""
     masses = atomic_masses[traj["atomic_numbers"]][None, :, None]
-    kick = 0.5 * dt * traj["forces"] * units.ASE_TIME_PER_FS**2 / masses
+    kick = 0.5 * dt * traj["forces"] * units.ACCEL_PER_FORCE_OVER_MASS / masses
     return {**traj, "velocities": traj["velocities"] + kick}
 
 

@@ -168,7 +168,7 @@ def velocity_verlet_step(
 
     x, v, f: (n_atoms, 3) in Å, Å/fs, eV/Å; masses (n_atoms,) amu; dt fs.
     """
-    to_acc = units.ASE_TIME_PER_FS**2 / masses[:, None]  # eV/Å/amu -> Å/fs²
+    to_acc = units.ACCEL_PER_FORCE_OVER_MASS / masses[:, None]  # eV/Å/amu -> Å/fs²
     v_half = v + 0.5 * dt * f * to_acc
     x1 = x + dt * v_half
     e1, f1 = forces_fn(x1)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase import units as ase_units
 from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
+from mlff_distiller import units
 from mlff_distiller.md.runner import MDConfig, MDError, MDResult
 
 
@@ -38,7 +38,7 @@ def run_ase_md(
             atoms, temperature_K=config.temperature_k, rng=np.random.default_rng(config.seed)
         )
         Stationary(atoms)
-    dt = config.dt_fs * ase_units.fs
+    dt = config.dt_fs * units.ASE_TIME_PER_FS
     if config.ensemble == "nve":
         dyn = VelocityVerlet(atoms, timestep=dt)
     else:
@@ -46,7 +46,7 @@ def run_ase_md(
             atoms,
             timestep=dt,
             temperature_K=config.temperature_k,
-            friction=config.friction_per_ps / (1000.0 * ase_units.fs),
+            friction=config.friction_per_ps / (units.PS * units.ASE_TIME_PER_FS),
             rng=np.random.default_rng(config.seed),
         )
     name = atoms.info.get("name") or atoms.get_chemical_formula()

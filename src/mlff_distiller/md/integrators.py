@@ -11,7 +11,7 @@ import math
 import torch
 
 from mlff_distiller import keys, units
-from mlff_distiller.md.state import ACCEL_PER_FORCE_OVER_MASS, MDState
+from mlff_distiller.md.state import MDState
 
 
 def with_forces(state: MDState, model, method: str = "analytical") -> MDState:
@@ -21,7 +21,7 @@ def with_forces(state: MDState, model, method: str = "analytical") -> MDState:
 
 
 def _half_kick(state: MDState, dt_fs: float) -> torch.Tensor:
-    accel = state.forces / state.masses[:, None] * ACCEL_PER_FORCE_OVER_MASS
+    accel = state.forces / state.masses[:, None] * units.ACCEL_PER_FORCE_OVER_MASS
     return state.velocities + 0.5 * dt_fs * accel
 
 
@@ -59,7 +59,7 @@ def langevin_baoab_step(
     if c1 < 1.0:
         kt = torch.as_tensor(temperature_k, dtype=v.dtype, device=v.device) * units.BOLTZMANN
         kt_atom = kt.expand(state.n_systems)[state.system_idx] if kt.ndim else kt
-        sigma = torch.sqrt(kt_atom * ACCEL_PER_FORCE_OVER_MASS / state.masses)  # Å/fs
+        sigma = torch.sqrt(kt_atom * units.ACCEL_PER_FORCE_OVER_MASS / state.masses)  # Å/fs
         noise = torch.randn(v.shape, dtype=v.dtype, device=v.device, generator=generator)
         v = c1 * v + math.sqrt(1.0 - c1 * c1) * sigma[..., None] * noise
     x = x + 0.5 * dt_fs * v  # A

@@ -1,7 +1,6 @@
 """Batched MD state: many structures as flat atoms plus ``system_idx`` (like AtomsBatch).
 
-Units are internal: Å, Å/fs, amu, eV, eV/Å, fs. ``MASS_VELOCITY2_TO_EV`` converts
-amu·(Å/fs)^2 to eV, ``ACCEL_PER_FORCE_OVER_MASS`` converts eV/(Å·amu) to Å/fs^2.
+Units are internal: Å, Å/fs, amu, eV, eV/Å, fs (conversions from :mod:`mlff_distiller.units`).
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ from ase import Atoms
 
 from mlff_distiller import units
 from mlff_distiller.data.batch import AtomsBatch
-
-MASS_VELOCITY2_TO_EV = 1.0 / units.ASE_TIME_PER_FS**2  # 1 amu Å^2/fs^2 = 103.64 eV
-ACCEL_PER_FORCE_OVER_MASS = units.ASE_TIME_PER_FS**2  # (eV/Å)/amu -> Å/fs^2
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,7 @@ class MDState:
 
     def kinetic_energy(self) -> torch.Tensor:
         """(n_systems,) eV."""
-        per_atom = 0.5 * self.masses * self.velocities.square().sum(1) * MASS_VELOCITY2_TO_EV
+        per_atom = 0.5 * self.masses * self.velocities.square().sum(1) * units.MASS_VELOCITY2_TO_EV
         return torch.zeros(self.n_systems, dtype=per_atom.dtype, device=per_atom.device).index_add(
             0, self.system_idx, per_atom
         )

@@ -122,7 +122,7 @@ def input_vectors(inp: KStepInput, use_forces: bool) -> torch.Tensor:
                 "this k-step model was built with use_forces=True but got no forces; "
                 "pass the forces at x_t (the corrector has them) or use a model without them"
             )
-        accel = inp.forces / inp.masses[:, None] * units.ASE_TIME_PER_FS**2  # Å/fs²
+        accel = inp.forces / inp.masses[:, None] * units.ACCEL_PER_FORCE_OVER_MASS  # Å/fs²
         channels.append(0.5 * accel * tau**2)
     return torch.stack(channels, dim=1)
 

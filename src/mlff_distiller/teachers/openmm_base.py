@@ -15,8 +15,6 @@ from ase import Atoms
 from mlff_distiller import keys, units
 from mlff_distiller.teachers.base import TeacherCalculator, TeacherError, TeacherInfo
 
-NM_PER_PS_TO_A_PER_FS = units.NM / units.PS  # 1 nm/ps = 0.01 Å/fs
-
 
 def openmm_platform(name: str | None = None, threads: int | None = None):
     """The named OpenMM platform (``CPU`` by default, ``Reference`` as fall-back) and its
@@ -57,14 +55,14 @@ def state_velocities(state) -> np.ndarray:
     from openmm import unit
 
     v = state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
-    return np.asarray(v, dtype=np.float64) * NM_PER_PS_TO_A_PER_FS
+    return np.asarray(v, dtype=np.float64) * units.NM_PER_PS
 
 
 def velocities_to_openmm(velocities_a_per_fs: np.ndarray):
     """(n_atoms, 3) Å/fs -> OpenMM Quantity in nm/ps."""
     from openmm import unit
 
-    v = np.asarray(velocities_a_per_fs, dtype=np.float64) / NM_PER_PS_TO_A_PER_FS
+    v = np.asarray(velocities_a_per_fs, dtype=np.float64) / units.NM_PER_PS
     return unit.Quantity(v, unit.nanometer / unit.picosecond)
 
 

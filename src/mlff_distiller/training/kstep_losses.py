@@ -131,7 +131,7 @@ def molecule_kinetic_energy(
     velocities: torch.Tensor, masses: torch.Tensor, system_idx: torch.Tensor, n_systems: int
 ) -> torch.Tensor:
     """velocities (n_atoms, 3) Å/fs, masses (n_atoms,) amu -> (n_systems,) eV."""
-    per_atom = 0.5 * masses * (velocities**2).sum(-1) / units.ASE_TIME_PER_FS**2
+    per_atom = 0.5 * masses * (velocities**2).sum(-1) * units.MASS_VELOCITY2_TO_EV
     return torch.zeros(n_systems, dtype=per_atom.dtype, device=per_atom.device).index_add(
         0, system_idx, per_atom
     )
@@ -163,7 +163,7 @@ def first_order_energy_loss(
     per_atom = (
         per_atom
         + (m * v_end * (delta_velocities - targets.delta_velocities)).sum(-1)
-        / units.ASE_TIME_PER_FS**2
+        * units.MASS_VELOCITY2_TO_EV
     )
     n, idx = inputs.n_systems, inputs.system_idx
     d_energy = torch.zeros(n, dtype=dtype, device=per_atom.device).index_add(0, idx, per_atom)
