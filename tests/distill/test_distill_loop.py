@@ -59,6 +59,9 @@ def test_the_loop_labels_what_it_selects_within_the_budget(finished_run):
     frames = _label_positions(out)
     assert len(frames) == TINY["seed_frames"] + selected == calls  # xTB failed on none
     assert _no_duplicates(frames)
+    with Dataset(out / "train_data.h5") as ds:  # the final committee trained on every label
+        assert len(ds) == calls
+    assert summary["model_path"].endswith(f"iter_{TINY['max_iterations']:02d}/committee")
     # the threshold is tiny: the first exploration finds candidates, so a second round trains
     assert summary["iterations"][0]["candidates"] > 0 and selected > 0
     with Dataset(out / "iter_00" / "selected.h5") as ds:

@@ -81,9 +81,10 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
             break
         stage(it / "select", lambda it=it, r=remaining: select_stage(config, it, r))
         stage(it / "label", lambda it=it, i=i: label_stage(config, it, out, i, say))
-        if teacher_calls(out) >= config.budget:
-            status = "budget_spent"
-            # one more training on the last labels, scored, before stopping
+        last_round = i == config.max_iterations - 1
+        if teacher_calls(out) >= config.budget or last_round:
+            status = "budget_spent" if teacher_calls(out) >= config.budget else status
+            # one more training on the last labels, scored, so that no label goes unused
             final = out / f"iter_{i + 1:02d}"
             final.mkdir(exist_ok=True)
             stage(final / "train",
