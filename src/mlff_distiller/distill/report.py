@@ -115,6 +115,11 @@ def _size_and_speed(model_path: Path) -> list[str]:
     config = read_config(model_path)["config"]
     atoms = from_smiles("CC(=O)Oc1ccccc1C(=O)O", seed=0)[0]  # aspirin: a common yardstick
     ms = ms_per_call(StudentCalculator(model, compile=False), atoms, repeats=20, budget_s=10)
+    painn = config.get("painn", config)
+    members = config.get("members", 1)
     return ["## Model", "",
-            f"`{model_path}`: {n_params:,} parameters ({config}); {ms:.2f} ms per energy+forces "
-            "call of the whole committee on aspirin (21 atoms), eager, one thread.", ""]
+            f"`{model_path}`: {members} students of PaiNN with {painn['hidden']} features, "
+            f"{painn['n_interactions']} blocks, cutoff {painn['cutoff']:g} Å, "
+            f"{'shared' if painn.get('shared_filters') else 'separate'} filters; "
+            f"{n_params:,} parameters in all; {ms:.2f} ms per energy+forces call of the whole "
+            "committee on aspirin (21 atoms), eager, one thread.", ""]
