@@ -365,3 +365,19 @@ def test_cli_openmm_engine(model, tmp_path):
 
     two = CliRunner().invoke(cli, [*args, "-s", "C"])
     assert two.exit_code == 1 and "one molecule" in two.output
+
+
+def test_a_student_system_is_never_pickled_into_xml():
+    """OpenMM serialises a PythonForce by pickling its callback; ours refuses (no pickle for
+    model files), so XmlSerializer fails instead of writing the model into the XML."""
+    import openmm
+
+    from mlff_distiller.data.structures import from_smiles
+    from mlff_distiller.md.openmm_engine import student_system
+    from mlff_distiller.models.painn import PaiNN, PaiNNConfig
+
+    system, _ = student_system(
+        from_smiles("CCO")[0], PaiNN(PaiNNConfig(hidden=8, n_interactions=1, n_rbf=4))
+    )
+    with pytest.raises(Exception, match="pickle"):
+        openmm.XmlSerializer.serialize(system)

@@ -56,8 +56,16 @@ class _StudentComputation:
     """The PythonForce callback: OpenMM ``State`` -> (energy kJ/mol, forces (n, 3) kJ/mol/nm).
 
     ``n`` is the number of particles the force applies to (OpenMM passes only those when the
-    force has ``setParticles``). A top-level class so that the force can be pickled.
+    force has ``setParticles``). It refuses to be pickled (OpenMM's ``XmlSerializer`` would
+    pickle the model into the System's XML): model files are safetensors + JSON only.
     """
+
+    def __reduce__(self):
+        raise TypeError(
+            "the student force cannot be serialised (it would pickle the model): save the "
+            "model with mlff_distiller.models.io.save_model and rebuild the force with "
+            "student_force(load_model(path), ...) where the System is loaded"
+        )
 
     def __init__(
         self,
