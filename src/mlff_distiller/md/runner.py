@@ -148,12 +148,12 @@ def run_md(
     )
     friction_per_fs = config.friction_per_ps / units.PS
     state = with_forces(state, model, config.forces)
-    _check_finite(state, names, start_step)
+    check_finite(state, names, start_step)
     if writer is not None and start_step == 0:
-        _write(writer, state, names, 0.0)
+        write_frames(writer, state, names, 0.0)
     t0 = time.perf_counter()
     steps = range(start_step + 1, config.steps + 1)
-    with _progress(progress, len(steps)) as advance:
+    with StepProgress(progress, len(steps)) as advance:
         for step in steps:
             if config.ensemble == "nve":
                 state = velocity_verlet_step(state, model, config.dt_fs, config.forces)
@@ -168,12 +168,12 @@ def run_md(
                     method=config.forces,
                 )
             if step % config.save_every == 0:
-                _check_finite(state, names, step)
+                check_finite(state, names, step)
                 if writer is not None:
-                    _write(writer, state, names, step * config.dt_fs)
+                    write_frames(writer, state, names, step * config.dt_fs)
             advance()
     seconds = time.perf_counter() - t0
-    _check_finite(state, names, config.steps)
+    check_finite(state, names, config.steps)
     frames = 0
     if writer is not None:
         frames = len(writer)
@@ -193,7 +193,9 @@ def _config_attrs(config: MDConfig) -> dict:
     return {k: getattr(config, k) for k in config.__dataclass_fields__}
 
 
-def _write(writer, state: MDState, names: list[str], time_fs: float) -> None:
+def write_frames(writer, state: MDState, names: list[str], time_fs: float) -> None:
+    """Append one frame per structure of ``state`` (positions, velocities Å/fs, forces,
+    energies) to ``writer``; every engine writes its trajectories through this."""
     pos = state.positions.detach().cpu().double().numpy()
     vel = state.velocities.detach().cpu().double().numpy()
     frc = state.forces.detach().cpu().double().numpy()
@@ -220,7 +222,8 @@ def _write(writer, state: MDState, names: list[str], time_fs: float) -> None:
         )
 
 
-def _check_finite(state: MDState, names: list[str], step: int) -> None:
+def check_finite(state: MDState, names: list[str], step: int) -> None:
+    """Raise :class:`MDError` naming the structures with non-finite positions or energy."""
     bad_atoms = ~torch.isfinite(state.positions).all(dim=1)
     bad = torch.unique(state.system_idx[bad_atoms]).tolist()
     if state.energy is not None:
@@ -259,7 +262,7 @@ def _resume_state(
     return state.replace(positions=pos.to(like.device), velocities=vel.to(like.device)), step
 
 
-class _progress:
+class StepProgress:
     """A rich progress bar (or nothing) whose ``advance()`` moves one step."""
 
     def __init__(self, enabled: bool, total: int):

@@ -35,12 +35,12 @@ from mlff_distiller.md.calculator import UnsupportedElementError
 from mlff_distiller.md.runner import (
     MDConfig,
     MDResult,
-    _check_finite,
+    StepProgress,
     _config_attrs,
-    _progress,
-    _write,
+    check_finite,
     initial_state,
     model_device,
+    write_frames,
 )
 from mlff_distiller.md.state import MDState
 from mlff_distiller.models.fast_path import private_copy, resolve_compile
@@ -311,22 +311,22 @@ def run_torchsim_md(
         with _seeded_rng(torch.device(device), config.seed):
             state = init_fn(start)  # keeps the momenta of `start`, computes energy and forces
             current = from_torchsim_state(state)
-            _check_finite(current, names, 0)
+            check_finite(current, names, 0)
             if writer is not None:
-                _write(writer, current, names, 0.0)
+                write_frames(writer, current, names, 0.0)
             t0 = time.perf_counter()
-            with _progress(progress, config.steps) as advance:
+            with StepProgress(progress, config.steps) as advance:
                 for step in range(1, config.steps + 1):
                     state = update_fn(state)
                     if step % config.save_every == 0:
                         current = from_torchsim_state(state)
-                        _check_finite(current, names, step)
+                        check_finite(current, names, step)
                         if writer is not None:
-                            _write(writer, current, names, step * config.dt_fs)
+                            write_frames(writer, current, names, step * config.dt_fs)
                     advance()
             seconds = time.perf_counter() - t0
         final = from_torchsim_state(state)
-        _check_finite(final, names, config.steps)
+        check_finite(final, names, config.steps)
         frames = len(writer) if writer is not None else 0
     finally:
         if writer is not None:
