@@ -13,11 +13,10 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from mlff_distiller import units
-from mlff_distiller.md.runner import MDConfig, MDError, MDResult
+from mlff_distiller.md.runner import MDConfig, MDError, MDResult, with_velocities
 
 
 def run_ase_md(
@@ -31,13 +30,8 @@ def run_ase_md(
     and an :class:`MDResult` (its ``state`` is ``None``). Frames go to ``out`` as they come."""
     from mlff_distiller.data.hdf5 import DatasetWriter
 
-    atoms = atoms.copy()
+    atoms = with_velocities(atoms, config.temperature_k, np.random.default_rng(config.seed))
     atoms.calc = calculator
-    if not np.any(atoms.get_momenta()):
-        thermalize_momenta(
-            atoms, temperature_K=config.temperature_k, rng=np.random.default_rng(config.seed)
-        )
-        Stationary(atoms)
     dt = config.dt_fs * units.ASE_TIME_PER_FS
     if config.ensemble == "nve":
         dyn = VelocityVerlet(atoms, timestep=dt)

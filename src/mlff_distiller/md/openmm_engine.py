@@ -34,7 +34,7 @@ from ase import Atoms
 from mlff_distiller import keys, units
 from mlff_distiller.data.batch import AtomsBatch
 from mlff_distiller.md.calculator import UnsupportedElementError
-from mlff_distiller.md.runner import MDConfig, MDError, MDResult
+from mlff_distiller.md.runner import MDConfig, MDError, MDResult, with_velocities
 from mlff_distiller.models.fast_path import private_copy, resolve_compile
 from mlff_distiller.teachers.openmm_base import (
     openmm_platform,
@@ -351,18 +351,12 @@ def run_openmm_md(
     ``compile``: as in :func:`student_force`. The caller's model is never modified.
     """
     import openmm
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
     from openmm import unit
 
     from mlff_distiller.data.hdf5 import DatasetWriter
 
-    atoms = atoms.copy()
+    atoms = with_velocities(atoms, config.temperature_k, np.random.default_rng(config.seed))
     atoms.calc = None
-    if not np.any(atoms.get_momenta()):
-        thermalize_momenta(
-            atoms, temperature_K=config.temperature_k, rng=np.random.default_rng(config.seed)
-        )
-        Stationary(atoms)
     system, _ = student_system(atoms, model, config.forces, dtype, device, compile=compile)
     dt_ps = config.dt_fs / units.PS
     if config.ensemble == "nve":

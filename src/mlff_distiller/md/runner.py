@@ -73,14 +73,18 @@ def initial_state(
     """Batched state; structures without momenta get Maxwell-Boltzmann velocities at
     ``temperature_k`` (seeded, zero total momentum)."""
     rng = np.random.default_rng(seed)
-    prepared = []
-    for atoms in structures:
-        atoms = atoms.copy()
-        if not np.any(atoms.get_momenta()):
-            thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)
-            Stationary(atoms)
-        prepared.append(atoms)
+    prepared = [with_velocities(atoms, temperature_k, rng) for atoms in structures]
     return MDState.from_atoms(prepared, dtype=dtype, device=device)
+
+
+def with_velocities(atoms: Atoms, temperature_k: float, rng: np.random.Generator) -> Atoms:
+    """A copy of ``atoms``; without momenta it gets Maxwell-Boltzmann velocities at
+    ``temperature_k`` from ``rng`` with zero total momentum (the start of every engine's run)."""
+    atoms = atoms.copy()
+    if not np.any(atoms.get_momenta()):
+        thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)
+        Stationary(atoms)
+    return atoms
 
 
 def run_md(
