@@ -3,6 +3,8 @@ frames match a plain step loop), resume continues from the last saved frame, blo
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,15 @@ def test_cli_reports_missing_input(model, tmp_path):
     result = CliRunner().invoke(app, ["md", str(tmp_path / "student"), "--steps", "2"])
     assert result.exit_code == 1
     assert "--smiles or --structure" in result.output
+
+
+def test_an_element_the_model_never_saw_is_named_before_any_step(model, tmp_path):
+    from mlff_distiller.md.calculator import UnsupportedElementError
+
+    restricted = copy.deepcopy(model)
+    ref = torch.zeros(119, dtype=restricted.reference_energies.dtype)
+    restricted.set_reference_energies(ref, elements=[1, 6, 8])
+    with pytest.raises(UnsupportedElementError, match="'CH3Cl'.*Cl"):
+        run_md(restricted, [molecule("CH3Cl")], MDConfig(steps=2), out=tmp_path / "x.h5",
+               progress=False)
+    assert not (tmp_path / "x.h5").exists()  # refused before anything was written

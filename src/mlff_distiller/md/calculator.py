@@ -26,6 +26,29 @@ class UnsupportedElementError(ValueError):
     """The structure contains an element the model was not trained on."""
 
 
+def model_elements(model: torch.nn.Module) -> set[int] | None:
+    """The atomic numbers ``model`` was trained on, or None when it accepts every element."""
+    elements = getattr(model, "elements", None)
+    restricted = getattr(model, "elements_restricted", elements is not None)
+    return set(elements) if (elements is not None and restricted) else None
+
+
+def check_elements(elements: set[int] | None, numbers, what: str = "this structure") -> None:
+    """Raise :class:`UnsupportedElementError` naming the atomic ``numbers`` outside ``elements``
+    (from :func:`model_elements`; None accepts all). Every engine checks its input with it."""
+    if elements is None:
+        return
+    unknown = sorted(set(np.asarray(numbers).reshape(-1).tolist()) - elements)
+    if unknown:
+        from ase.data import chemical_symbols
+
+        names = ", ".join(chemical_symbols[z] for z in unknown)
+        raise UnsupportedElementError(
+            f"the model was trained on elements {sorted(elements)} only; {what} contains "
+            f"{names}. Use a model trained on these elements."
+        )
+
+
 class StudentCalculator(Calculator):
     """Energy, free energy and forces (eV, eV/Å) of a student model.
 
@@ -68,22 +91,7 @@ class StudentCalculator(Calculator):
             raise ValueError(f"{type(model).__name__} has no compiled forces (compile_forces)")
         else:
             self.compiled = False
-        elements = getattr(model, "elements", None)
-        restricted = getattr(model, "elements_restricted", elements is not None)
-        self.elements = set(elements) if (elements is not None and restricted) else None
-
-    def _check_elements(self, numbers: np.ndarray) -> None:
-        if self.elements is None:
-            return
-        unknown = sorted(set(numbers.tolist()) - self.elements)
-        if unknown:
-            from ase.data import chemical_symbols
-
-            names = ", ".join(chemical_symbols[z] for z in unknown)
-            raise UnsupportedElementError(
-                f"the model was trained on elements {sorted(self.elements)} only; this structure "
-                f"contains {names}. Use a model trained on these elements."
-            )
+        self.elements = model_elements(model)
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last call, among what the model reads (positions, numbers,
@@ -117,7 +125,7 @@ class StudentCalculator(Calculator):
                 f"cell volume; this one has pbc={atoms.pbc.tolist()} and volume "
                 f"{atoms.cell.volume:.3g} Å^3"
             )
-        self._check_elements(atoms.numbers)
+        check_elements(self.elements, atoms.numbers)
         batch = AtomsBatch.from_arrays(
             [atoms.numbers],
             [atoms.positions],

@@ -33,7 +33,7 @@ from ase import Atoms
 
 from mlff_distiller import keys, units
 from mlff_distiller.data.batch import AtomsBatch
-from mlff_distiller.md.calculator import UnsupportedElementError
+from mlff_distiller.md.calculator import check_elements, model_elements
 from mlff_distiller.md.runner import MDConfig, MDError, MDResult, with_velocities
 from mlff_distiller.models.fast_path import private_copy, resolve_compile
 from mlff_distiller.teachers.openmm_base import (
@@ -142,7 +142,7 @@ def student_force(
             raise ValueError(f"{len(atom_indices)} atom indices but {len(numbers)} atomic numbers")
         if len(set(atom_indices)) != len(atom_indices) or min(atom_indices, default=0) < 0:
             raise ValueError("atom_indices must be distinct non-negative particle indices")
-    check_elements(model, numbers)
+    check_elements(model_elements(model), numbers)
     device = torch.device(device)
     private = private_copy(model, device, dtype)
     compiled = resolve_compile(compile, forces, device)
@@ -306,23 +306,6 @@ def _without_ml_bonded_terms(mm_system, ml_set: set[int], remove_constraints: bo
                 if int(c.get("p1")) in ml_set and int(c.get("p2")) in ml_set:
                     constraints.remove(c)
     return openmm.XmlSerializer.deserialize(ET.tostring(root, encoding="unicode"))
-
-
-def check_elements(model: torch.nn.Module, numbers: Sequence[int]) -> None:
-    """Raise :class:`UnsupportedElementError` naming the elements ``model`` was not trained on."""
-    elements = getattr(model, "elements", None)
-    restricted = getattr(model, "elements_restricted", elements is not None)
-    if elements is None or not restricted:
-        return
-    unknown = sorted(set(int(z) for z in numbers) - set(elements))
-    if unknown:
-        from ase.data import chemical_symbols
-
-        names = ", ".join(chemical_symbols[z] for z in unknown)
-        raise UnsupportedElementError(
-            f"the model was trained on elements {sorted(elements)} only; this structure "
-            f"contains {names}. Use a model trained on these elements."
-        )
 
 
 def run_openmm_md(

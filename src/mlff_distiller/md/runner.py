@@ -125,6 +125,12 @@ def run_md(
     if retain_memory:
         retain_freed_cpu_memory()
     model = private_copy(model, device, dtype)
+    from mlff_distiller.md.calculator import check_elements, model_elements
+
+    allowed = model_elements(model)
+    for atoms in structures:
+        name = atoms.info.get("name") or atoms.get_chemical_formula()
+        check_elements(allowed, atoms.numbers, f"structure {name!r}")
     compiled = resolve_compile(compile, config.forces, model_device(model))
     if hasattr(model, "compile_forces"):
         model.compile_forces(compiled)

@@ -31,7 +31,7 @@ from ase import Atoms
 
 from mlff_distiller import keys, units
 from mlff_distiller.data.batch import AtomsBatch
-from mlff_distiller.md.calculator import UnsupportedElementError
+from mlff_distiller.md.calculator import check_elements, model_elements
 from mlff_distiller.md.runner import (
     MDConfig,
     MDResult,
@@ -281,7 +281,8 @@ def run_torchsim_md(
     structures = list(structures)
     if not structures:
         raise ValueError("run_torchsim_md needs at least one structure")
-    _check_elements(ts_model.model, structures)
+    numbers = np.concatenate([a.numbers for a in structures])
+    check_elements(model_elements(ts_model.model), numbers, "the structures")
     n_sys = len(structures)
     names = [a.info.get("name") or a.get_chemical_formula() for a in structures]
 
@@ -347,21 +348,6 @@ def _pbc_rows(pbc, n_systems: int, device) -> torch.Tensor:
     if flags.ndim == 0:
         flags = flags.reshape(1, 1)
     return flags.expand(n_systems, 3).clone()
-
-
-def _check_elements(student: torch.nn.Module, structures: Sequence[Atoms]) -> None:
-    if not getattr(student, "elements_restricted", False):
-        return
-    known = set(student.elements)
-    present = set(np.concatenate([a.numbers for a in structures]).tolist())
-    unknown = sorted(present - known)
-    if unknown:
-        from ase.data import chemical_symbols
-
-        raise UnsupportedElementError(
-            f"the model was trained on elements {sorted(known)} only; the structures contain "
-            f"{', '.join(chemical_symbols[z] for z in unknown)}. Use a model trained on them."
-        )
 
 
 @contextlib.contextmanager
