@@ -416,12 +416,13 @@ def select_stage(config: DistillConfig, it: Path, remaining: int) -> None:
 
     candidates = json.loads((it / "candidates.json").read_text())
     frames, mol, unc = [], [], []
-    for t, index, u in candidates:
+    for t in sorted({c[0] for c in candidates}):  # each MD file opened once
         with Dataset(it / f"md_{t:g}K.h5") as ds:
-            atoms = ds[int(index)]
-        frames.append(atoms)
-        mol.append(str(atoms.info.get(keys.NAME, "")).split("|")[0])
-        unc.append(u)
+            for _, index, u in (c for c in candidates if c[0] == t):
+                atoms = ds[int(index)]
+                frames.append(atoms)
+                mol.append(str(atoms.info.get(keys.NAME, "")).split("|")[0])
+                unc.append(u)
     n_mol = max(len(set(mol)), 1)
     quota = min(config.frames_per_iteration * n_mol, remaining)
     picked = select_frames(np.array(unc), np.array(mol), [a.positions for a in frames],
