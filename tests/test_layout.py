@@ -1,6 +1,6 @@
 """The package layout: data -> teachers -> models -> training -> md -> kstep -> evaluation ->
 distill, with cli on top; a module imports only from its own package or packages to its left
-(lazy imports inside functions included). keys, units and the package root are below
+(lazy imports inside functions included). keys, units, thermo and the package root are below
 everything."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "mlff_distiller"
 ORDER = ["data", "teachers", "models", "training", "md", "kstep", "evaluation", "distill", "cli"]
-BASE = {"keys", "units", "__init__", "py"}
+BASE = {"keys", "units", "thermo", "__init__", "py"}
 
 
 def _package(module: str) -> str | None:

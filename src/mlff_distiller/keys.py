@@ -34,6 +34,14 @@ TIME = "time"
 KINETIC_ENERGY = "kinetic_energy"
 POTENTIAL_ENERGY = "potential_energy"
 TEMPERATURE = "temperature"
+# root attributes of a trajectory file: when its velocities are taken ("on-step": at the frame's
+# time, velocity Verlet / BAOAB / ASE; "half-step": half a step before it, OpenMM's leapfrog
+# integrators), and the temperature it was asked for and the mean it reached (K, thermo.temperature)
+VELOCITY_CONVENTION = "velocity_convention"
+ON_STEP = "on-step"
+HALF_STEP = "half-step"
+TARGET_TEMPERATURE = "target_temperature_k"
+MEASURED_TEMPERATURE = "measured_temperature_k"
 
 # graph
 EDGE_INDEX = "edge_index"
