@@ -30,7 +30,7 @@ def copies(atoms, n: int, seed: int = 0):
     for k in range(n):
         a = atoms.copy()
         thermalize_momenta(a, temperature_K=300, rng=np.random.default_rng(seed + k))
-        Stationary(a)
+        Stationary(a, preserve_temperature=False)
         out.append(a)
     return out
 

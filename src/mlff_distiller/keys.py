@@ -29,6 +29,9 @@ MEMBER_ENERGIES = "member_energies"
 FORCE_UNCERTAINTY = "force_uncertainty"
 STRUCTURE_UNCERTAINTY = "structure_uncertainty"
 
+# which structures of a force provider a batch holds (n_systems,) int64 (md.forces)
+STRUCTURE_ID = "structure_id"
+
 # trajectories
 TIME = "time"
 KINETIC_ENERGY = "kinetic_energy"

@@ -83,7 +83,7 @@ def with_velocities(atoms: Atoms, temperature_k: float, rng: np.random.Generator
     atoms = atoms.copy()
     if not np.any(atoms.get_momenta()):
         thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)
-        Stationary(atoms)
+        Stationary(atoms, preserve_temperature=False)  # ASE would rescale to 3N dof
     return atoms
 
 

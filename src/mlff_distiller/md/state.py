@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from mlff_distiller import units
+from mlff_distiller import keys, thermo, units
 from mlff_distiller.data.batch import AtomsBatch
 
 
@@ -20,7 +20,10 @@ from mlff_distiller.data.batch import AtomsBatch
 class MDState:
     """Positions (n, 3) Å, velocities (n, 3) Å/fs, masses (n,) amu, atomic_numbers (n,),
     system_idx (n,), cell (s, 3, 3), pbc (s, 3); after a force call also forces (n, 3) eV/Å and
-    energy (s,) eV. Integrators return new states; they never modify one in place."""
+    energy (s,) eV. ``structure_ids`` (s,): which structures of the run these are (None: all,
+    in order; set by :meth:`select`). Integrators return new states; they never modify one in
+    place. Kinetic energy and temperature are :mod:`mlff_distiller.thermo`'s (3N - 3 degrees of
+    freedom per structure)."""
 
     positions: torch.Tensor
     velocities: torch.Tensor
@@ -31,10 +34,18 @@ class MDState:
     pbc: torch.Tensor
     forces: torch.Tensor | None = None
     energy: torch.Tensor | None = None
+    structure_ids: torch.Tensor | None = None
 
     @property
     def n_systems(self) -> int:
         return int(self.cell.shape[0])
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """(s,) int64: :attr:`structure_ids`, or 0..s-1."""
+        if self.structure_ids is not None:
+            return self.structure_ids
+        return torch.arange(self.n_systems, device=self.positions.device)
 
     @classmethod
     def from_atoms(
@@ -64,21 +75,61 @@ class MDState:
         )
 
     def to_batch(self) -> AtomsBatch:
-        return AtomsBatch(self.atomic_numbers, self.positions, self.system_idx, self.cell, self.pbc)
+        labels = {} if self.structure_ids is None else {keys.STRUCTURE_ID: self.structure_ids}
+        return AtomsBatch(
+            self.atomic_numbers, self.positions, self.system_idx, self.cell, self.pbc, labels
+        )
 
     def kinetic_energy(self) -> torch.Tensor:
-        """(n_systems,) eV."""
-        per_atom = 0.5 * self.masses * self.velocities.square().sum(1) * units.MASS_VELOCITY2_TO_EV
-        return torch.zeros(self.n_systems, dtype=per_atom.dtype, device=per_atom.device).index_add(
-            0, self.system_idx, per_atom
-        )
+        """(n_systems,) eV, centre-of-mass motion included (:func:`thermo.kinetic_energy`)."""
+        return thermo.kinetic_energy(self.velocities, self.masses, self.system_idx, self.n_systems)
 
     def temperature(self) -> torch.Tensor:
-        """(n_systems,) K from the kinetic energy with 3 n_i degrees of freedom."""
-        dof = 3 * torch.bincount(self.system_idx, minlength=self.n_systems).to(
-            self.velocities.dtype
+        """(n_systems,) K with 3N - 3 degrees of freedom (:func:`thermo.temperature`)."""
+        return thermo.temperature(self.velocities, self.masses, self.system_idx, self.n_systems)
+
+    def atom_mask(self, systems: torch.Tensor) -> torch.Tensor:
+        """(n_atoms,) bool: the atoms of the structures ``systems`` (indices into this state)."""
+        return torch.isin(self.system_idx, systems)
+
+    def select(self, systems: torch.Tensor) -> MDState:
+        """The sub-state of the structures ``systems`` (sorted indices into this state)."""
+        systems = torch.as_tensor(systems, dtype=torch.long, device=self.positions.device)
+        mask = self.atom_mask(systems)
+        renumber = torch.full((self.n_systems,), -1, dtype=torch.long, device=mask.device)
+        renumber[systems] = torch.arange(len(systems), device=mask.device)
+        return MDState(
+            positions=self.positions[mask],
+            velocities=self.velocities[mask],
+            masses=self.masses[mask],
+            atomic_numbers=self.atomic_numbers[mask],
+            system_idx=renumber[self.system_idx[mask]],
+            cell=self.cell[systems],
+            pbc=self.pbc[systems],
+            forces=None if self.forces is None else self.forces[mask],
+            energy=None if self.energy is None else self.energy[systems],
+            structure_ids=self.ids[systems],
         )
-        return 2.0 * self.kinetic_energy() / (dof * units.BOLTZMANN)
+
+    def merged(self, systems: torch.Tensor, part: MDState) -> MDState:
+        """This state with the structures ``systems`` replaced by ``part`` (from :meth:`select`;
+        positions, velocities, forces and energy)."""
+        systems = torch.as_tensor(systems, dtype=torch.long, device=self.positions.device)
+        mask = self.atom_mask(systems)
+
+        def put(full, sub, where):
+            if full is None or sub is None:
+                return None
+            out = full.clone()
+            out[where] = sub
+            return out
+
+        return self.replace(
+            positions=put(self.positions, part.positions, mask),
+            velocities=put(self.velocities, part.velocities, mask),
+            forces=put(self.forces, part.forces, mask),
+            energy=put(self.energy, part.energy, systems),
+        )
 
     def replace(self, **changes) -> MDState:
         return replace(self, **changes)
