@@ -300,6 +300,8 @@ class PaiNN(nn.Module):
         atom_energy = self.readout_out(silu(pre)).squeeze(-1) * self.scale + self.shift
         atom_energy = atom_energy + self.reference_energies.to(pos.dtype).index_select(0, z)
         n_systems = batch.n_systems
+        if n_systems == 1:  # torch 2.13's inductor fails on a multithreaded scatter into 1 slot
+            return atom_energy.to(pos.dtype).sum(0, keepdim=True)
         return torch.zeros(n_systems, dtype=pos.dtype, device=pos.device).index_add(
             0, batch.system_idx, atom_energy.to(pos.dtype)
         )
