@@ -8,9 +8,7 @@ from mlff_distiller.evaluation.observables import (
     bond_length_rmse,
     distance_rdf,
     energy_drift,
-    kinetic_energy,
     rdf_difference,
-    temperature,
 )
 
 
@@ -55,13 +53,3 @@ def test_rdf_of_a_triangle_and_difference():
     assert rb.density[21] * width == pytest.approx(1 / 3)
     assert rdf_difference(ra, rb) == pytest.approx(1 / 3)
     assert rdf_difference(ra, ra) == 0.0
-
-
-def test_temperature_and_kinetic_energy_by_hand():
-    masses = np.array([1.0, 16.0])
-    v = np.array([[0.01, 0.0, 0.0], [0.0, 0.002, 0.0]])  # Å/fs
-    # KE = 1/2 sum m v^2 with v in Å/(ASE time) = v_fs / ase_units.fs
-    ke = 0.5 * (1.0 * 0.01**2 + 16.0 * 0.002**2) / ase_units.fs**2
-    assert kinetic_energy(v, masses) == pytest.approx(ke)
-    assert temperature(v, masses) == pytest.approx(2 * ke / (6 * ase_units.kB))
-    assert temperature(v, masses, n_dof=1) == pytest.approx(2 * ke / ase_units.kB)

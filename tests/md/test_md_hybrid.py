@@ -297,3 +297,25 @@ def test_run_writes_an_on_step_trajectory_with_its_measured_temperature(tmp_path
     assert measured == pytest.approx(result.summary()["mean_temperature_k"])
     np.testing.assert_allclose(last[keys.POSITIONS], result.state.positions[9:].numpy())
     assert float(last[keys.TIME]) == pytest.approx(6 * 4 * 0.5)
+
+
+def test_xtb_zero_jump_cycle_is_one_ase_velocity_verlet_step():
+    """The engine's step with the xTB provider equals ASE's VelocityVerlet with the xtb teacher."""
+    from ase.build import molecule
+    from ase.md.verlet import VelocityVerlet
+    from ase.units import fs
+
+    from mlff_distiller.teachers import get_teacher
+
+    atoms = molecule("H2O")
+    config = HybridConfig(k=4, ensemble="nve", rescale=False, temperature_k=500.0)
+    result = run_hybrid(Scripted(), make_force_provider("xtb", [atoms]), [atoms], config, 1,
+                        progress=False, keep_frames=True)  # fmt: skip
+    frames = result.frame_arrays()
+    ref = atoms.copy()
+    ref.calc = get_teacher("xtb")
+    ref.set_velocities(frames["velocities"][0] / fs)
+    VelocityVerlet(ref, timestep=0.5 * fs).run(1)
+    np.testing.assert_allclose(frames["positions"][1], ref.positions, atol=1e-10)
+    np.testing.assert_allclose(frames["velocities"][1], ref.get_velocities() * fs, atol=1e-10)
+    assert result.force_calls == 2  # the start and one step: the zero jump reused F(x)

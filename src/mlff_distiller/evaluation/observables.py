@@ -1,4 +1,5 @@
-"""Trajectory observables: energy drift, bond-length RMSE, distance RDF, temperature.
+"""Trajectory observables: energy drift, bond-length RMSE, distance RDF (kinetic energy and
+temperature: :mod:`mlff_distiller.thermo`).
 
 Inputs are numpy arrays in internal units (Å, eV, fs, amu, Å/fs):
 ``positions (n_frames, n_atoms, 3)``, ``time (n_frames,)``, energies ``(n_frames,)``.
@@ -94,16 +95,3 @@ def rdf_difference(a: RDF, b: RDF) -> float:
         raise ValueError("the two RDFs must use the same bins (same r_max and n_bins)")
     width = a.r[1] - a.r[0]
     return float(0.5 * np.sum(np.abs(a.density - b.density)) * width)
-
-
-def kinetic_energy(velocities: np.ndarray, masses: np.ndarray) -> np.ndarray:
-    """velocities (..., n_atoms, 3) Å/fs, masses (n_atoms,) amu -> (...) eV."""
-    v_ase = units.velocities_internal_to_ase(np.asarray(velocities, dtype=float))
-    return 0.5 * np.sum(np.asarray(masses)[:, None] * v_ase**2, axis=(-1, -2))
-
-
-def temperature(velocities: np.ndarray, masses: np.ndarray, n_dof: int | None = None) -> np.ndarray:
-    """Instantaneous temperature ``2 KE / (n_dof k_B)`` in K; ``n_dof`` defaults to 3N."""
-    n_atoms = len(masses)
-    dof = 3 * n_atoms if n_dof is None else n_dof
-    return 2.0 * kinetic_energy(velocities, masses) / (dof * units.BOLTZMANN)

@@ -65,6 +65,19 @@ REASONS = ("nan", "bond", "kinetic_energy", "potential_energy", "energy", "resca
 _OK = -1
 
 
+class NoJump(torch.nn.Module):
+    """The zero jump: with ``k = 0`` a hybrid cycle is exactly one plain engine step, so
+    :func:`run_hybrid` with it is the reference MD of the same engine, writer and counters."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("dtype_marker", torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, inp: KStepInput) -> dict[str, torch.Tensor]:
+        zero = torch.zeros_like(inp.positions)
+        return {DELTA_POSITIONS: zero, DELTA_VELOCITIES: zero}
+
+
 class IntegrationError(MDError):
     """The hybrid could not continue (``fallback="stop"``); ``result`` holds the run so far."""
 
@@ -172,6 +185,14 @@ class HybridResult:
     wall_seconds: float = 0.0
     frames_written: int = 0
     temperatures: list[np.ndarray] = field(default_factory=list)  # (s,) K at each cycle end
+    frames: dict[str, list[np.ndarray]] | None = None  # keep_frames: time, positions, ...
+
+    def frame_arrays(self) -> dict[str, np.ndarray]:
+        """The kept frames: ``time`` (F,) fs, ``positions`` and ``velocities`` (F, n_atoms, 3),
+        ``potential_energy`` and ``kinetic_energy`` (F, S)."""
+        if self.frames is None:
+            raise ValueError("no frames were kept: run with keep_frames=True")
+        return {k: np.asarray(v) for k, v in self.frames.items()}
 
     def summary(self) -> dict[str, Any]:
         n_sys = self.state.n_systems
@@ -216,7 +237,7 @@ class HybridIntegrator:
         self.bonds = bonds
         self.friction_per_fs = config.friction_per_ps / units.PS
         self.generator: torch.Generator | None = None
-        param = next(iter(network.parameters()), None)
+        param = next(iter([*network.parameters(), *network.buffers()]), None)
         self.net_dtype = param.dtype if param is not None else torch.float32
         self.net_device = param.device if param is not None else torch.device("cpu")
         self.network_seconds = 0.0
@@ -402,6 +423,21 @@ class HybridIntegrator:
         return state
 
 
+def _save(writer, result: HybridResult, state: MDState, names, time_fs: float) -> None:
+    if writer is not None:
+        write_frames(writer, state, names, time_fs)
+    if result.frames is not None:
+        for key, value in (
+            ("time", time_fs),
+            ("positions", state.positions),
+            ("velocities", state.velocities),
+            ("potential_energy", state.energy),
+            ("kinetic_energy", state.kinetic_energy()),
+        ):
+            keep = value if isinstance(value, float) else value.detach().cpu().numpy().copy()
+            result.frames[key].append(keep)
+
+
 def _mark(reason: torch.Tensor, where: torch.Tensor, name: str) -> None:
     """Record ``name`` for the structures ``where`` (s,) bool that have no reason yet."""
     reason[(reason == _OK) & where] = REASONS.index(name)
@@ -424,6 +460,7 @@ def run_hybrid(
     progress: bool = True,
     dtype: torch.dtype = torch.float64,
     provider_name: str = "",
+    keep_frames: bool = False,
 ) -> HybridResult:
     """Run ``cycles`` hybrid cycles of all ``structures`` together (replicas are structures).
 
@@ -434,6 +471,7 @@ def run_hybrid(
     committed as it goes, with the settings, the velocity convention (on-step) and the measured
     mean temperature as root attributes. Raises :class:`IntegrationError` (``fallback="stop"``)
     or :class:`~mlff_distiller.md.runner.MDError` (non-finite numbers after a fallback).
+    ``keep_frames``: also keep the saved frames in memory (:meth:`HybridResult.frame_arrays`).
     """
     from mlff_distiller.data.hdf5 import DatasetWriter
     from mlff_distiller.md.runner import initial_state
@@ -445,6 +483,9 @@ def run_hybrid(
     )
     hybrid.generator = torch.Generator().manual_seed(config.seed)
     result = HybridResult(state)
+    if keep_frames:
+        result.frames = {k: [] for k in ("time", "positions", "velocities",
+                                         "potential_energy", "kinetic_energy")}  # fmt: skip
     calls0 = hybrid.provider.structure_calls
     seconds0 = hybrid.provider.seconds
     start = time.perf_counter()
@@ -461,7 +502,7 @@ def run_hybrid(
             keys.MEASURED_TEMPERATURE: np.nan,
         }
         writer = DatasetWriter(out, attrs=attrs, flush_every=state.n_systems)
-        write_frames(writer, state, names, 0.0)
+    _save(writer, result, state, names, 0.0)
     try:
         with StepProgress(progress, cycles) as advance:
             for c in range(1, cycles + 1):
@@ -471,8 +512,7 @@ def run_hybrid(
                 result.temperatures.append(state.temperature().detach().cpu().numpy())
                 if c % config.save_every == 0:
                     check_finite(state, names, c)
-                    if writer is not None:
-                        write_frames(writer, state, names, c * config.cycle_fs)
+                    _save(writer, result, state, names, c * config.cycle_fs)
                 advance()
     finally:
         result.state = state
