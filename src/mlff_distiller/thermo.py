@@ -101,6 +101,14 @@ def kinetic_energy(velocities, masses, system_idx=None, n_systems=None) -> torch
     return _per_system(per_atom, system_idx, n_systems)
 
 
+def kinetic_energy_change(
+    velocities: torch.Tensor, masses: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
+    """(..., n_atoms) eV: each atom's first-order change of the kinetic energy when its
+    velocity moves by ``delta`` (..., n_atoms, 3) Å/fs, ``m v . delta``."""
+    return masses * (velocities * delta).sum(-1) * units.MASS_VELOCITY2_TO_EV
+
+
 @_numpy_in_numpy_out
 def temperature(velocities, masses, system_idx=None, n_systems=None) -> torch.Tensor:
     """(..., n_systems) K: ``2 K_internal / ((3N - 3) k_B)`` (see the module docstring)."""

@@ -15,7 +15,7 @@ from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 
-from mlff_distiller import units
+from mlff_distiller import thermo, units
 from mlff_distiller.md.runner import MDConfig, MDError, MDResult, with_velocities
 
 
@@ -53,7 +53,10 @@ def run_ase_md(
         if writer is None:
             return
         atoms.info["time"] = dyn.nsteps * config.dt_fs
-        atoms.info["kinetic_energy"] = atoms.get_kinetic_energy()
+        velocities = units.velocities_ase_to_internal(atoms.get_velocities())
+        atoms.info["kinetic_energy"] = float(
+            thermo.kinetic_energy(velocities, atoms.get_masses())[0]
+        )
         atoms.info["potential_energy"] = energy
         writer.append(atoms, molecule=name, with_velocities=True)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from mlff_distiller import keys, units
+from mlff_distiller import keys, thermo
 from mlff_distiller.models.kstep_common import DELTA_POSITIONS, DELTA_VELOCITIES, KStepInput
 
 
@@ -130,11 +130,9 @@ def structural_losses(
 def molecule_kinetic_energy(
     velocities: torch.Tensor, masses: torch.Tensor, system_idx: torch.Tensor, n_systems: int
 ) -> torch.Tensor:
-    """velocities (n_atoms, 3) Å/fs, masses (n_atoms,) amu -> (n_systems,) eV."""
-    per_atom = 0.5 * masses * (velocities**2).sum(-1) * units.MASS_VELOCITY2_TO_EV
-    return torch.zeros(n_systems, dtype=per_atom.dtype, device=per_atom.device).index_add(
-        0, system_idx, per_atom
-    )
+    """velocities (n_atoms, 3) Å/fs, masses (n_atoms,) amu -> (n_systems,) eV
+    (:func:`mlff_distiller.thermo.kinetic_energy`)."""
+    return thermo.kinetic_energy(velocities, masses, system_idx, n_systems)
 
 
 def kinetic_energy_loss(
@@ -157,13 +155,11 @@ def first_order_energy_loss(
     """Mean over molecules of ``(dE / n_atoms)²`` (eV²), ``dE`` as in the module docstring;
     needs ``targets.forces`` (eV/Å at ``x_{t+k}``)."""
     dtype = delta_positions.dtype
-    m = inputs.masses.to(dtype)[:, None]
+    m = inputs.masses.to(dtype)
     v_end = inputs.velocities + targets.delta_velocities
     per_atom = -(targets.forces * (delta_positions - targets.delta_positions)).sum(-1)
-    per_atom = (
-        per_atom
-        + (m * v_end * (delta_velocities - targets.delta_velocities)).sum(-1)
-        * units.MASS_VELOCITY2_TO_EV
+    per_atom = per_atom + thermo.kinetic_energy_change(
+        v_end, m, delta_velocities - targets.delta_velocities
     )
     n, idx = inputs.n_systems, inputs.system_idx
     d_energy = torch.zeros(n, dtype=dtype, device=per_atom.device).index_add(0, idx, per_atom)
