@@ -1,331 +1,258 @@
-"""k-step hybrid MD benchmark: a small EGNN trained on MM (OpenMM GAFF2) trajectories of 33 small
-molecules, run on held-out molecules under MM and (after MM -> QM fine-tuning on 10 molecules)
-under xTB, with k = 4, 8, 12, next to plain velocity-Verlet MD from the same start with the same
-corrector. First prints the total-energy error of single jumps from held-out trajectory frames
-(the per-cycle bias behind a hybrid's drift).
+"""k-step hybrid MD against reference MD of the same engine, as distributions.
 
-Prints per (molecule, corrector, k): force-call ratio (reference calls / hybrid calls for the
-same simulated time) and that ratio over k, wall-clock speed-up (network time included), NVE
-energy drift of hybrid and reference (kJ/mol/ps), bond-length RMSE of the time-averaged bond
-lengths (Å), distance-RDF difference (total variation, 0..1), mean temperatures, retries and
-fallbacks, and how many jumps the total-energy check rejected. Modes: ``2call`` real forces at
-both ends of the corrector step (two calls per cycle); ``1call`` the force head's forces for the
-first half-kick (one call per cycle); both raw, without the total-energy check. ``2c+etol`` and
-``2c+etS``: two calls with the integrator's total-energy check (``energy_tol_per_atom``, default
-0.003 eV/atom) against the cycle start (``etol``) or the run start (``etS``, which also bounds
-slow heating); a rejected jump is retried smaller, then replaced by plain MD (force calls).
-``1c+resc``: one call plus the NVE energy rescale (total energy conserved by construction, so
-its drift is not a measurement of the network).
+Jump networks (EGNN with a force head) are trained on GAFF2 (OpenMM) reference MD of the
+training molecules of :mod:`mlff_distiller.kstep.molecules` (138), then fine-tuned on GFN2-xTB
+MD of 24; every held-out molecule (4 under GAFF2, 2 under xTB, never trained on) is run as
 
-Models: an EGNN trained on the MM windows (``mm_model``), then fine-tuned for rollout robustness
-(``mm_robust``: noise on ``x_t, v_t`` with the true targets, plus the kinetic-energy loss); the
-xTB model is fine-tuned from ``mm_robust`` on QM windows (``qm_robust``). Rows ``MM-0``: the
-model before the robustness fine-tuning, for comparison.
+- reference: plain engine MD (BAOAB NVT / velocity-Verlet NVE), 2R replicas in one batch;
+- hybrid: R replicas in one batch, k = 4, 8, 12, NVT (the default of ``mlffd kstep run``), and
+  at k = 8 NVE with and without the energy-restoring rescale;
 
-    python benchmarks/kstep.py            # ~45 min on 1 CPU thread; reruns reuse the cache
-    python benchmarks/kstep.py --quick    # a smoke run
+all from the same equilibrated structure (the last frame of the molecule's reference sampling)
+with independent Maxwell-Boltzmann velocities. Printed per (molecule, corrector, k, ensemble),
+with error bars across replicas: per-element temperature (hybrid and reference), the
+bond/angle/dihedral distribution distances hybrid-vs-reference next to reference-vs-reference
+(normalised Wasserstein-1, :mod:`mlff_distiller.evaluation.distributions`), the largest
+element-pair RDF difference (%), NVE drift, force-call reduction, network and corrector ms per
+call, wall-clock speed-up (network included), fallbacks and rejections by reason.
+
+    python benchmarks/kstep.py                 # ~1-2 h on 2 cores; reruns reuse the work folder
+    python benchmarks/kstep.py --quick         # a smoke run of every stage
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from ase.data import atomic_masses
 
 from mlff_distiller.data.hdf5 import Dataset
 from mlff_distiller.data.structures import from_smiles
-from mlff_distiller.evaluation.kstep_eval import compare_hybrid_to_reference, jump_energy_error
-from mlff_distiller.kstep.correctors import make_corrector
-from mlff_distiller.kstep.dataset import (
-    KStepWindows,
-    build_windows,
-    read_trajectory,
-    to_on_step_velocities,
-    velocities_are_half_step,
-)
-from mlff_distiller.kstep.integrator import HybridConfig
+from mlff_distiller.evaluation.distributions import compare_ensembles
+from mlff_distiller.evaluation.kstep_eval import replica_frames
+from mlff_distiller.evaluation.observables import energy_drift
+from mlff_distiller.kstep.dataset import KStepWindows, build_windows
+from mlff_distiller.kstep.molecules import GAFF2_HELD_OUT, GAFF2_TRAIN, XTB_HELD_OUT, XTB_TRAIN
 from mlff_distiller.kstep.topology import molecule_topology
+from mlff_distiller.md.forces import make_force_provider
+from mlff_distiller.md.hybrid import HybridConfig, NoJump, run_hybrid
 from mlff_distiller.models.io import load_model
 from mlff_distiller.teachers import get_teacher
 from mlff_distiller.teachers.sampling import SamplingConfig, sample
 from mlff_distiller.training.kstep_trainer import KStepTrainConfig, train_kstep
 
-MM_TRAIN_SMALL = {
-    "ethanol": "CCO",
-    "propane": "CCC",
-    "acetone": "CC(=O)C",
-    "methylamine": "CN",
-    "acetic_acid": "CC(=O)O",
-    "dimethyl_ether": "COC",
-    "propanal": "CCC=O",
-}
-MM_TRAIN = {  # H, C, N, O chemistry of small organics: alkanes to amides, none of MM_TEST
-    **MM_TRAIN_SMALL,
-    "methanol": "CO",
-    "ethane": "CC",
-    "butane": "CCCC",
-    "isobutane": "CC(C)C",
-    "propene": "C=CC",
-    "propan_1_ol": "CCCO",
-    "butan_2_ol": "CCC(C)O",
-    "tert_butanol": "CC(C)(C)O",
-    "ethylamine": "CCN",
-    "dimethylamine": "CNC",
-    "trimethylamine": "CN(C)C",
-    "acetamide": "CC(N)=O",
-    "n_methylacetamide": "CC(=O)NC",
-    "methyl_acetate": "CC(=O)OC",
-    "ethyl_formate": "CCOC=O",
-    "formic_acid": "OC=O",
-    "acetonitrile": "CC#N",
-    "butanone": "CCC(C)=O",
-    "ethylene_glycol": "OCCO",
-    "methoxyethane": "CCOC",
-    "diethyl_ether": "CCOCC",
-    "cyclopropane": "C1CC1",
-    "cyclobutane": "C1CCC1",
-    "oxirane": "C1CO1",
-    "propanoic_acid": "CCC(=O)O",
-    "urea": "NC(N)=O",
-    "hydroxyacetone": "CC(=O)CO",
-    "acrolein": "C=CC=O",
-}
-MM_TEST = {"isopropanol": "CC(C)O", "acetaldehyde": "CC=O"}
-QM_TRAIN = {  # xTB MD is ~50x dearer than GAFF2: a smaller set for the MM -> QM fine-tuning
-    "ethanol": "CCO",
-    "methylamine": "CN",
-    "propane": "CCC",
-    "acetone": "CC(=O)C",
-    "acetic_acid": "CC(=O)O",
-    "dimethyl_ether": "COC",
-    "propanal": "CCC=O",
-    "butan_2_ol": "CCC(C)O",
-    "ethylamine": "CCN",
-    "methyl_acetate": "CC(=O)OC",
-}
-QM_TEST = {"isopropanol_qm": "CC(C)O"}  # held out of MM and QM training
 KS = (4, 8, 12)
-DT = 0.5  # fs, no constraints: the hybrid's velocity-Verlet corrector is unconstrained
+DT = 0.5  # fs, no constraints (the corrector step is unconstrained)
+FRICTION = 1.0  # ps^-1, the same in the reference sampling, the reference runs and the hybrid
 
 
-def sample_all(molecules, teacher_name, out_dir, cfg) -> dict[str, Path]:
+def sample_all(molecules: dict, teacher: str, out_dir: Path, cfg: SamplingConfig) -> dict:
     paths = {}
-    for name, smiles in molecules.items():
-        path = out_dir / f"{teacher_name}_{name}.h5"
+    for i, (name, smiles) in enumerate(molecules.items()):
+        path = out_dir / f"{teacher}_{name}.h5"
         if not path.exists():
+            t0 = time.perf_counter()
             atoms = from_smiles(smiles, name=name)[0]
-            options = {"smiles": smiles} if teacher_name.startswith("openmm") else {}
-            sample(get_teacher(teacher_name, **options), atoms, path, cfg)
+            options = {"smiles": smiles} if teacher.startswith("openmm") else {}
+            sample(get_teacher(teacher, **options), atoms, path, cfg)
+            with Dataset(path) as ds:
+                measured = ds.attrs.get("measured_temperature_k")
+            print(f"  [{i + 1}/{len(molecules)}] {teacher} {name}: "
+                  f"{time.perf_counter() - t0:.0f} s, {measured} K", flush=True)  # fmt: skip
         paths[name] = path
     return paths
 
 
-def start_state(path: Path):
+def start_structure(path: Path, name: str, smiles: str):
     with Dataset(path) as ds:
-        arrays = ds.get_arrays(len(ds) - 1)
         atoms = ds[len(ds) - 1]
-    return atoms, np.asarray(arrays["velocities"], dtype=float)
+    atoms.set_momenta(np.zeros((len(atoms), 3)))  # fresh Maxwell-Boltzmann per replica
+    atoms.info.update(name=name, smiles=smiles)
+    return atoms
 
 
-MODES = {  # label -> HybridConfig options
-    "2call": {"predicted_forces": False, "energy_tol_per_atom": None},
-    "1call": {"predicted_forces": True, "energy_tol_per_atom": None},
-    "2c+etol": {"predicted_forces": False},
-    "2c+etS": {"predicted_forces": False, "energy_anchor": "start"},
-    "1c+resc": {"predicted_forces": True, "energy_rescale": True, "energy_tol_per_atom": None},
-}
-ROBUST = {"noise_positions": 0.01, "noise_velocities": 0.002}  # Å, Å/fs (hydrogen)
+def train_networks(work: Path, mm_paths, qm_paths, quick: bool, epochs: int):
+    model_cfg = {"hidden": 48, "n_layers": 3, "n_vectors": 8, "cutoff": 7.0,
+                 "max_delta_x": 2.5, "force_head": True}  # fmt: skip
+    loss = {"force": 0.01, "kinetic": 0.1}
+    robust = {"noise_positions": 0.01, "noise_velocities": 0.002}  # Å, Å/fs (H)
+    mm_windows = work / "mm_windows.h5"
+    if not mm_windows.exists():
+        build_windows(list(mm_paths.values()), mm_windows, ks=KS, stride=20 if quick else 10,
+                      fractions=(0.9, 0.1, 0.0))  # fmt: skip
+    train = KStepWindows.from_file(mm_windows, "train", augment_rotations=True)
+    val = KStepWindows.from_file(mm_windows, "val")
+    t0 = time.perf_counter()
+    print(f"training the MM network on {len(train)} windows ({len(val)} val), {epochs} epochs")
+    mm = train_kstep(
+        KStepTrainConfig(out_dir=str(work / "mm_model"), model=model_cfg, epochs=epochs,
+                         batch_size=32, lr=2e-3, warmup_steps=50, loss=loss, **robust),
+        train, val, resume=True, progress=True,
+    )  # fmt: skip
+    print(f"  {time.perf_counter() - t0:.0f} s; last epoch {mm.history[-1]}", flush=True)
+    qm_windows = work / "qm_windows.h5"
+    if not qm_windows.exists():
+        build_windows(list(qm_paths.values()), qm_windows, ks=KS, stride=4,
+                      fractions=(1.0, 0.0, 0.0))  # fmt: skip
+    qm_train = KStepWindows.from_file(qm_windows, "train", augment_rotations=True)
+    t0 = time.perf_counter()
+    print(f"fine-tuning MM -> QM on {len(qm_train)} xTB windows (first layer frozen)")
+    qm = train_kstep(
+        KStepTrainConfig(out_dir=str(work / "qm_model"), model=model_cfg,
+                         epochs=max(epochs // 2, 1), batch_size=32, lr=5e-4, warmup_steps=10,
+                         init_from=str(mm.best_model), freeze_layers=1, loss=loss, **robust),
+        qm_train, resume=True, progress=True,
+    )  # fmt: skip
+    print(f"  {time.perf_counter() - t0:.0f} s; last epoch {qm.history[-1]}", flush=True)
+    return load_model(mm.best_model).double(), load_model(qm.best_model).double()
 
 
-def evaluate(model, teacher, molecules, paths, cycles_fs, rows, label, modes=tuple(MODES)):
-    for name, smiles in molecules.items():
-        atoms, velocities = start_state(paths[name])
-        topo = molecule_topology(f"bench-{name}", atoms.numbers, atoms.positions, smiles)
-        masses = atomic_masses[atoms.numbers]
-        options = {"smiles": smiles} if teacher.startswith("openmm") else {}
-        for k, mode in ((k, mode) for k in KS for mode in modes):
-            n_cycles = max(int(cycles_fs / ((k + 1) * DT)), 2)
-            t0 = time.perf_counter()
-            cmp = compare_hybrid_to_reference(
-                model,
-                lambda: make_corrector(teacher, atoms, **options),  # noqa: B023
-                atoms.numbers,
-                masses,
-                atoms.positions,
-                velocities,
-                topo,
-                HybridConfig(k=k, dt=DT, **MODES[mode]),
-                n_cycles,
-                molecule=name,
-            )
-            rows.append((label, mode, cmp))
-            print(f"  {name} {label} k={k} {mode}: {time.perf_counter() - t0:.1f} s", flush=True)
+def evaluate_molecule(network, teacher, name, smiles, path, args, rows) -> None:
+    atoms = start_structure(path, name, smiles)
+    topo = molecule_topology(f"bench-{name}", atoms.numbers, atoms.positions, smiles)
+    replicas = args.replicas
+    fs = args.xtb_fs if teacher == "xtb" else args.mm_fs
+    cycles_of = {k: int(fs / ((k + 1) * DT)) for k in KS}
+    masses, numbers = atoms.get_masses(), atoms.numbers
+
+    def provider(n):
+        return make_force_provider(teacher, [atoms] * n)
+
+    def run(net, k, ensemble, n, seed, **options):
+        cfg = HybridConfig(k=k, dt_fs=DT, ensemble=ensemble, friction_per_ps=FRICTION,
+                           seed=seed, save_every=1, **options)  # fmt: skip
+        structures = [atoms.copy() for _ in range(n)]
+        steps = cycles_of.get(k, int(fs / DT)) if k else int(fs / DT)
+        return run_hybrid(net, provider(n), structures, cfg, steps, [topo] * n, progress=False,
+                          keep_frames=True)  # fmt: skip
+
+    refs = {}
+    for ensemble in ("nvt", "nve"):
+        t0 = time.perf_counter()
+        refs[ensemble] = run(NoJump(), 0, ensemble, 2 * replicas, 1000, rescale=False,
+                             energy_tol_per_atom=None)  # fmt: skip
+        print(f"  {teacher} {name} reference {ensemble}: {time.perf_counter() - t0:.0f} s",
+              flush=True)  # fmt: skip
+    plans = [(k, "nvt", True) for k in KS] + [(8, "nve", True), (8, "nve", False)]
+    for k, ensemble, rescale in plans:
+        t0 = time.perf_counter()
+        hyb = run(network, k, ensemble, replicas, 0, rescale=rescale)
+        ref = refs[ensemble]
+        h_pos, h_vel, h_tot, h_t = replica_frames(hyb, replicas, args.discard_fs)
+        r_pos, r_vel, r_tot, r_t = replica_frames(ref, 2 * replicas, args.discard_fs)
+        cmp = compare_ensembles((h_pos, h_vel), (r_pos, r_vel), masses, numbers, topo)
+        ref_calls = ref.force_calls / (2 * replicas)
+        hyb_calls = hyb.force_calls / replicas
+        row = {
+            "molecule": name, "corrector": teacher, "k": k, "ensemble": ensemble,
+            "rescale": rescale if ensemble == "nve" else None, "replicas": replicas,
+            "simulated_fs": fs, "call_reduction": ref_calls / max(hyb_calls, 1e-9),
+            "speedup": (ref.wall_seconds / 2) / max(hyb.wall_seconds, 1e-9),
+            "hybrid": hyb.summary(), "reference": ref.summary(), "distributions": cmp.to_dict(),
+        }  # fmt: skip
+        if ensemble == "nve":
+            row["drift_hybrid"] = _drift(h_tot, h_t)
+            row["drift_reference"] = _drift(r_tot, r_t)
+        rows.append(row)
+        print(f"  {teacher} {name} k={k} {ensemble}{'' if rescale else ' raw'}: "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
 
 
-def jump_errors(models, teacher, molecules, paths, every) -> None:
-    """Per-jump total-energy error (eV/atom) of each model on each held-out trajectory."""
-    print("| molecule | model | k | jumps | mean dE/atom | rms dE/atom | trajectory rms |")
-    print("|---|---|---|---|---|---|---|")
-    for name, smiles in molecules.items():
-        traj = read_trajectory(paths[name])
-        if velocities_are_half_step(traj, DT):
-            traj = to_on_step_velocities(traj, DT)
-        atoms = from_smiles(smiles, name=name)[0]
-        atoms.positions = traj["positions"][0]
-        options = {"smiles": smiles} if teacher.startswith("openmm") else {}
-        masses = atomic_masses[traj["atomic_numbers"]]
-        for label, model in models.items():
-            for k in KS:
-                corrector = make_corrector(teacher, atoms, **options)
-                e = jump_energy_error(model, corrector, traj, masses, k, DT, every, name)
-                print(f"| {name} | {label} | {k} | {e.n_jumps} | {e.network_mean:+.2e} | "
-                      f"{e.network_rms:.2e} | {e.trajectory_rms:.2e} |", flush=True)
+def _drift(total: np.ndarray, time_fs: np.ndarray) -> tuple[float, float]:
+    d = np.array([energy_drift(time_fs, e) for e in total])
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
-def print_table(rows) -> None:
-    head = (
-        f"| {'molecule':17s} | corr. | {'mode':7s} | {'k':>2s} | calls ref/hyb | ratio/k | "
-        f"speed-up | drift hyb | drift ref | bond RMSE | RDF diff | T hyb | T ref | retry/fallb | "
-        "E-rej |"
-    )
-    print(head)
-    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-    for label, mode, c in rows:
+def _pair(c: dict) -> str:
+    return f"{c['test_vs_ref']:.3f} ({c['ref_vs_ref']:.3f})"
+
+
+def print_tables(rows) -> None:
+    print("\n| molecule | corr. | k | ens. | calls ref/hyb | speed-up | T hyb (K) | T ref (K) | "
+          "worst element dT % | bond d (ref-ref) | angle d (ref-ref) | dihedral d (ref-ref) | "
+          "RDF max % (ref-ref) | fallbacks | rejections |")  # fmt: skip
+    print("|---" * 15 + "|")
+    for r in rows:
+        d = r["distributions"]
+        temps = d["temperatures"]
+        mol_t = temps.get("molecule", {})
+        worst = max((abs(t["relative_difference_percent"]), s) for s, t in temps.items()
+                    if s != "molecule")  # fmt: skip
+        bond, angle, dihedral = (_pair(d["coordinates"][kind]) for kind in
+                                 ("bond", "angle", "dihedral"))  # fmt: skip
+        rdf = f"{d['rdf_max_test_vs_ref']:.2f} ({d['rdf_max_ref_vs_ref']:.2f})"
+
+        ens = r["ensemble"] + ("" if r["rescale"] in (None, True) else " raw")
+        rej = {k: v for k, v in r["hybrid"]["rejections"].items() if v}
         print(
-            f"| {c.molecule:17s} | {label:5s} | {mode:7s} | {c.k:2d} | "
-            f"{c.force_call_ratio:13.2f} | {c.force_call_ratio / c.k:7.2f} | {c.speedup:8.2f} | "
-            f"{c.hybrid_drift:9.3f} | "
-            f"{c.reference_drift:9.3f} | {c.bond_rmse:9.4f} | {c.rdf_difference:8.3f} | "
-            f"{c.hybrid_temperature:5.0f} | {c.reference_temperature:5.0f} | "
-            f"{c.retries:4d}/{c.fallbacks:<6d} | {c.failures.get('energy', 0):5d} |"
+            f"| {r['molecule']} | {r['corrector']} | {r['k']} | {ens} | "
+            f"{r['call_reduction']:.2f} | {r['speedup']:.2f} | "
+            f"{mol_t.get('test_mean', float('nan')):.1f} ± {mol_t.get('test_stderr', 0):.1f} | "
+            f"{mol_t.get('ref_mean', float('nan')):.1f} ± {mol_t.get('ref_stderr', 0):.1f} | "
+            f"{worst[0]:.1f} ({worst[1]}) | {bond} | {angle} | {dihedral} | {rdf} | "
+            f"{r['hybrid']['fallbacks']} | {rej or '-'} |"
         )
+    nve = [r for r in rows if r["ensemble"] == "nve"]
+    if nve:
+        print("\n| molecule | corr. | rescale | drift hybrid (kJ/mol/ps) | drift reference | "
+              "raw jump energy error rms (eV/atom) | network ms | corrector ms |")  # fmt: skip
+        print("|---" * 8 + "|")
+        for r in nve:
+            h, ref = r["drift_hybrid"], r["drift_reference"]
+            print(f"| {r['molecule']} | {r['corrector']} | {r['rescale']} | "
+                  f"{h[0]:+.3f} ± {h[1]:.3f} | {ref[0]:+.3f} ± {ref[1]:.3f} | "
+                  f"{r['hybrid']['raw_energy_error_ev_per_atom']['rms']:.2e} | "
+                  f"{r['hybrid']['network_ms_per_call']:.2f} | "
+                  f"{r['hybrid']['corrector_ms_per_call']:.2f} |")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--work",
-        type=Path,
-        default=Path("/tmp/mlffd_kstep_bench"),
-        help="trajectories, windows and models are kept here; a rerun resumes/reuses them",
-    )
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mlffd_kstep_bench"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--robust-epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--mm-fs", type=float, default=4000.0, help="simulated time per run")
+    parser.add_argument("--xtb-fs", type=float, default=1500.0)
+    parser.add_argument("--discard-fs", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--train-set",
-        choices=("large", "small"),
-        default="large",
-        help=f"MM training molecules: {len(MM_TRAIN)} (large) or {len(MM_TRAIN_SMALL)} (small)",
-    )
+    parser.add_argument("--only", choices=("mm", "xtb", "both"), default="both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     quick = args.quick
-    mm_cfg = SamplingConfig(
-        dt_fs=DT,
-        friction_per_ps=0.1,
-        equilibration_fs=200.0 if quick else 1000.0,
-        production_fs=400.0 if quick else 3000.0,
-        save_every=1,
-        constraints="none",
-    )
-    qm_cfg = SamplingConfig(
-        dt_fs=DT,
-        friction_per_ps=0.1,
-        equilibration_fs=50.0 if quick else 200.0,
-        production_fs=100.0 if quick else 600.0,
-        save_every=1,
-        constraints="none",
-    )
+    mm_train = dict(list(GAFF2_TRAIN.items())[:6]) if quick else GAFF2_TRAIN
+    xtb_train = dict(list(XTB_TRAIN.items())[:2]) if quick else XTB_TRAIN
+    if quick:
+        args.replicas, args.mm_fs, args.xtb_fs, args.discard_fs = 2, 120.0, 60.0, 0.0
+    base = {"dt_fs": DT, "friction_per_ps": FRICTION, "save_every": 1, "constraints": "none"}
+    mm_cfg = SamplingConfig(production_fs=300.0 if quick else 2000.0, **base)
+    qm_cfg = SamplingConfig(production_fs=100.0 if quick else 1000.0, **base)
     t0 = time.perf_counter()
-    print("sampling MM (OpenMM GAFF2) and QM (GFN2-xTB) reference trajectories ...", flush=True)
-    mm_train = MM_TRAIN if args.train_set == "large" else MM_TRAIN_SMALL
-    mm_paths = sample_all({**mm_train, **MM_TEST}, "openmm-gaff2", work, mm_cfg)
-    qm_paths = sample_all({**QM_TRAIN, **QM_TEST}, "xtb", work, qm_cfg)
+    print("sampling GAFF2 and GFN2-xTB reference MD (until each reaches 300 K) ...", flush=True)
+    mm_paths = sample_all({**mm_train, **GAFF2_HELD_OUT}, "openmm-gaff2", work, mm_cfg)
+    qm_paths = sample_all({**xtb_train, **XTB_HELD_OUT}, "xtb", work, qm_cfg)
     print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
-
-    mm_windows = work / "mm_windows.h5"
-    fractions = (0.85, 0.1, 0.05) if args.train_set == "large" else (0.8, 0.1, 0.1)
-    build_windows(
-        list(mm_paths.values()), mm_windows, ks=KS, stride=8 if not quick else 20,
-        fractions=fractions, test_molecules=list(MM_TEST),
-    )  # fmt: skip
-    train = KStepWindows.from_file(mm_windows, "train", augment_rotations=True)
-    val = KStepWindows.from_file(mm_windows, "val")
-    model_cfg = {
-        "hidden": 48,
-        "n_layers": 3,
-        "n_vectors": 8,
-        "cutoff": 7.0,
-        "max_delta_x": 2.5,
-        "force_head": True,
-    }
-    loss = {"force": 0.01}
-    epochs = 1 if quick else args.epochs
-    t0 = time.perf_counter()
-    print(f"training EGNN on {len(train)} MM windows ({len(val)} val), {epochs} epochs ...")
-    mm = train_kstep(
-        KStepTrainConfig(
-            out_dir=str(work / "mm_model"), model=model_cfg, epochs=epochs, batch_size=32,
-            lr=2e-3, warmup_steps=50, loss=loss,
-        ),
-        train, val, resume=True, progress=True,
-    )  # fmt: skip
-    print(f"  {time.perf_counter() - t0:.0f} s; last epoch {mm.history[-1]}", flush=True)
-    robust_loss = {**loss, "kinetic": 0.1}
-    robust_epochs = 1 if quick else args.robust_epochs
-    t0 = time.perf_counter()
-    print(f"robustness fine-tuning ({ROBUST}, kinetic-energy loss), {robust_epochs} epochs ...")
-    mm_robust = train_kstep(
-        KStepTrainConfig(
-            out_dir=str(work / "mm_robust"), model=model_cfg, epochs=robust_epochs,
-            batch_size=32, lr=5e-4, warmup_steps=20, init_from=str(mm.best_model),
-            loss=robust_loss, **ROBUST,
-        ),
-        train, val, resume=True, progress=True,
-    )  # fmt: skip
-    print(f"  {time.perf_counter() - t0:.0f} s; last epoch {mm_robust.history[-1]}", flush=True)
-
-    qm_windows = work / "qm_windows.h5"
-    build_windows(
-        list(qm_paths.values()), qm_windows, ks=KS, stride=4, fractions=(1.0, 0.0, 0.0),
-        test_molecules=list(QM_TEST),
-    )  # fmt: skip
-    qm_train = KStepWindows.from_file(qm_windows, "train", augment_rotations=True)
-    t0 = time.perf_counter()
-    print(f"fine-tuning MM -> QM on {len(qm_train)} xTB windows (first layer frozen) ...")
-    qm = train_kstep(
-        KStepTrainConfig(
-            out_dir=str(work / "qm_robust"), model=model_cfg, epochs=max(epochs // 2, 1),
-            batch_size=32, lr=5e-4, warmup_steps=10, init_from=str(mm_robust.best_model),
-            freeze_layers=1, loss=robust_loss, **ROBUST,
-        ),
-        qm_train, resume=True, progress=True,
-    )  # fmt: skip
-    print(f"  {time.perf_counter() - t0:.0f} s; last epoch {qm.history[-1]}", flush=True)
-
-    print("\nenergy error of single jumps from held-out trajectory frames (eV/atom):")
-    mm_models = {"MM-0": load_model(mm.best_model), "MM": load_model(mm_robust.best_model)}
-    jump_errors(mm_models, "openmm-gaff2", MM_TEST, mm_paths, 200 if quick else 50)
-    jump_errors({"xTB": load_model(qm.best_model)}, "xtb", QM_TEST, qm_paths, 20 if quick else 25)
-    print()
-
+    train_mm = {k: mm_paths[k] for k in mm_train}
+    train_qm = {k: qm_paths[k] for k in xtb_train}
+    mm_net, qm_net = train_networks(work, train_mm, train_qm, quick, 1 if quick else args.epochs)
     rows: list = []
-    print("hybrid vs reference ...", flush=True)
-    mm_fs = 100 if quick else 1000
-    evaluate(load_model(mm.best_model), "openmm-gaff2", MM_TEST, mm_paths, mm_fs, rows, "MM-0",
-             modes=("2call", "2c+etol"))  # fmt: skip
-    evaluate(load_model(mm_robust.best_model), "openmm-gaff2", MM_TEST, mm_paths, mm_fs, rows, "MM")
-    evaluate(load_model(qm.best_model), "xtb", QM_TEST, qm_paths, 30 if quick else 300, rows, "xTB")
-    print()
-    print_table(rows)
+    held = []
+    if args.only in ("mm", "both"):
+        held += [(mm_net, "openmm-gaff2", n, s, mm_paths[n]) for n, s in GAFF2_HELD_OUT.items()]
+    if args.only in ("xtb", "both"):
+        held += [(qm_net, "xtb", n, s, qm_paths[n]) for n, s in XTB_HELD_OUT.items()]
+    if quick:
+        held = held[:1] + held[-1:]
+    for net, teacher, name, smiles, path in held:
+        evaluate_molecule(net, teacher, name, smiles, path, args, rows)
+        (work / "kstep_rows.json").write_text(json.dumps(rows, indent=1, default=float))
+    print_tables(rows)
 
 
 if __name__ == "__main__":

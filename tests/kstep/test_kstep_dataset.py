@@ -110,12 +110,81 @@ def _harmonic_h2(n_steps: int = 40, dt: float = 0.5):
     return traj, np.array(vs), np.array(halfs)
 
 
-def test_half_step_velocities_are_detected_and_moved_on_step():
-    from mlff_distiller.kstep.dataset import to_on_step_velocities, velocities_are_half_step
+def _write_h2(path, velocities, convention):
+    """The harmonic H2 trajectory as an HDF5 file (dt 0.5 fs in its ``sampling`` attribute);
+    ``convention`` None writes no velocity-convention attribute (an older file)."""
+    import json
+
+    from mlff_distiller import keys
+    from mlff_distiller.data.hdf5 import DatasetWriter
+
+    traj, _, _ = _harmonic_h2()
+    attrs = {"sampling": json.dumps({"dt_fs": 0.5})}
+    if convention is not None:
+        attrs[keys.VELOCITY_CONVENTION] = convention
+    with DatasetWriter(path, attrs=attrs) as w:
+        for i in range(len(traj["time"])):
+            w.append_frame(
+                traj["atomic_numbers"], traj["positions"][i], energy=0.0,
+                forces=traj["forces"][i], velocities=velocities[i], time=traj["time"][i],
+                molecule="h2",
+            )  # fmt: skip
+    return path
+
+
+def test_half_step_file_is_moved_on_step_exactly_as_before(tmp_path):
+    """A file that records half-step velocities gets v(t) = v(t - dt/2) + dt/2 F/m, the same
+    conversion as before the attribute existed, which for velocity Verlet is the exact on-step
+    velocity; an on-step file is used as stored."""
+    from mlff_distiller import keys
+    from mlff_distiller.kstep.dataset import to_on_step_velocities
 
     traj, on_step, half_step = _harmonic_h2()
-    assert not velocities_are_half_step({**traj, "velocities": on_step}, 0.5)
-    leapfrog = {**traj, "velocities": half_step}
-    assert velocities_are_half_step(leapfrog, 0.5)
-    fixed = to_on_step_velocities(leapfrog, 0.5)
+    half = build_windows(
+        [_write_h2(tmp_path / "half.h5", half_step, keys.HALF_STEP)], tmp_path / "wh.h5", ks=(4,)
+    )["h2"]
+    masses = np.array([1.008, 1.008])[None, :, None]
+    previous = half_step + 0.5 * 0.5 * traj["forces"] * units.ACCEL_PER_FORCE_OVER_MASS / masses
+    starts = np.arange(0, 40 - 4)
+    np.testing.assert_allclose(half.v_t, previous[starts], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(half.v_tk, previous[starts + 4], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(half.v_t, on_step[starts], rtol=0, atol=1e-12)
+    fixed = to_on_step_velocities({**traj, "velocities": half_step}, 0.5)
     np.testing.assert_allclose(fixed["velocities"], on_step, rtol=0, atol=1e-12)
+    on = build_windows(
+        [_write_h2(tmp_path / "on.h5", on_step, keys.ON_STEP)], tmp_path / "wo.h5", ks=(4,)
+    )["h2"]
+    np.testing.assert_array_equal(on.v_t, on_step[starts])
+
+
+def test_missing_velocity_convention_is_a_clear_error_and_can_be_given(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlff_distiller import keys
+    from mlff_distiller.cli.main import app
+
+    traj, on_step, half_step = _harmonic_h2()
+    old = _write_h2(tmp_path / "old_file.h5", half_step, None)
+    with pytest.raises(ValueError, match="old_file.h5 does not record") as err:
+        build_windows([old], tmp_path / "w.h5", ks=(4,))
+    assert "mlffd sample" in str(err.value) and "--velocity-convention" in str(err.value)
+    # override: the caller says what the file stores
+    given = build_windows([old], tmp_path / "w.h5", ks=(4,), velocity_convention="half-step")
+    np.testing.assert_allclose(given["h2"].v_t, on_step[: 40 - 4], rtol=0, atol=1e-12)
+    # the override wins over the attribute too; kept as stored needs no convention at all
+    marked = _write_h2(tmp_path / "marked.h5", half_step, keys.HALF_STEP)
+    kept = build_windows([marked], tmp_path / "w.h5", ks=(4,), velocity_convention="on-step")
+    np.testing.assert_array_equal(kept["h2"].v_t, half_step[: 40 - 4])
+    stored = build_windows([old], tmp_path / "w.h5", ks=(4,), on_step_velocities=False)
+    np.testing.assert_array_equal(stored["h2"].v_t, half_step[: 40 - 4])
+    with pytest.raises(ValueError, match="must be auto"):
+        build_windows([old], tmp_path / "w.h5", ks=(4,), velocity_convention="leapfrog")
+
+    runner = CliRunner()
+    args = ["kstep", "dataset", str(old), "--out", str(tmp_path / "cli.h5"), "--k", "4"]
+    bad = runner.invoke(app, args)
+    assert bad.exit_code == 1 and "old_file.h5" in " ".join(bad.output.split())
+    ok = runner.invoke(app, [*args, "--velocity-convention", "half-step"])
+    assert ok.exit_code == 0, ok.output
+    stored_cli = runner.invoke(app, [*args, "--as-stored"])
+    assert stored_cli.exit_code == 0, stored_cli.output

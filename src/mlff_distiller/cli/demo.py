@@ -30,8 +30,15 @@ def demo(
         if smiles:
             options = {"smiles": list(smiles), "names": list(smiles)}
         cfg = DemoConfig(
-            teacher=teacher, sample_fs=sample_fs, train_minutes=train_minutes, md_fs=md_fs,
-            seed=seed, threads=threads, out=str(out), progress_bar=progress, **options,
+            teacher=teacher,
+            sample_fs=sample_fs,
+            train_minutes=train_minutes,
+            md_fs=md_fs,
+            seed=seed,
+            threads=threads,
+            out=str(out),
+            progress_bar=progress,
+            **options,
         )
         report = run_demo(cfg, say=console.print)
         overall = report["evaluation"]["student_vs_labels"]["overall"]

@@ -29,7 +29,7 @@ def distill(
     max_uncertainty: float = typer.Option(
         D.max_uncertainty,
         help="eV/Å: frames whose largest per-atom committee force deviation passes it "
-        "are labelled; the run converges when the MD stays under it"
+        "are labelled; the run converges when the MD stays under it",
     ),
     frames_per_iteration: int = typer.Option(
         D.frames_per_iteration, help="frames labelled per molecule and round"
@@ -59,13 +59,24 @@ def distill(
 
     with user_errors():
         config = D(
-            smiles=list(smiles or []), structures=[str(p) for p in structure or []],
-            teacher=teacher, out=str(out), budget=budget, seed_frames=seed_frames,
+            smiles=list(smiles or []),
+            structures=[str(p) for p in structure or []],
+            teacher=teacher,
+            out=str(out),
+            budget=budget,
+            seed_frames=seed_frames,
             temperatures_k=[float(t) for t in temperatures.split(",") if t.strip()],
-            replicas=replicas, md_fs=md_fs, max_uncertainty=max_uncertainty,
-            frames_per_iteration=frames_per_iteration, max_iterations=max_iterations,
-            members=members, size=size, train_minutes=train_minutes,
-            first_train_minutes=first_train_minutes, holdout_fs=holdout_fs, workers=workers,
+            replicas=replicas,
+            md_fs=md_fs,
+            max_uncertainty=max_uncertainty,
+            frames_per_iteration=frames_per_iteration,
+            max_iterations=max_iterations,
+            members=members,
+            size=size,
+            train_minutes=train_minutes,
+            first_train_minutes=first_train_minutes,
+            holdout_fs=holdout_fs,
+            workers=workers,
             seed=seed,
         )
         summary = run_distill(config, say=console.print)

@@ -33,6 +33,12 @@ def dataset_command(
         help="move half-step (leapfrog, OpenMM) velocities to the frame times, as the hybrid "
         "integrator uses them",
     ),
+    velocity_convention: str = typer.Option(
+        "auto",
+        "--velocity-convention",
+        help="what the trajectories store: auto (each file's velocity_convention attribute), "
+        "on-step or half-step (for files that do not record it)",
+    ),
 ) -> None:
     """Build (x_t, v_t) -> (x_t+k, v_t+k) windows, split by molecule."""
     from mlff_distiller.kstep.dataset import build_windows
@@ -49,6 +55,7 @@ def dataset_command(
             seed=seed,
             test_molecules=test_molecule,
             on_step_velocities=on_step,
+            velocity_convention=velocity_convention,
         )
     for mol in mols.values():
         console.print(f"{mol.name:24s} {mol.split:5s} {mol.n_windows:7d} windows")

@@ -15,7 +15,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """mlff_distiller: distil fast PaiNN students from slow teachers; fast and k-step MD."""

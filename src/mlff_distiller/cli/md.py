@@ -109,7 +109,12 @@ def md(
                     "fallback_out": fallback_out or out.with_suffix(".fallback.h5"),
                 }
             result = run_md(
-                student, structures, config, out=out, resume=resume, compile=use_compile,
+                student,
+                structures,
+                config,
+                out=out,
+                resume=resume,
+                compile=use_compile,
                 **fallback,
             )
         elif engine == "torchsim":

@@ -69,6 +69,38 @@ def _molecules(smiles: list[str] | None, structures: list[Path] | None, names: l
     return mols
 
 
+def _kelvin(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def temperature_table(results) -> None:
+    """Print target and measured (production mean, NVE mean) temperature of every run, and
+    how its equilibration went (time used, whether its check passed: the mean temperature of
+    the last window reached the target; FAILED: the data are kept, see the file's
+    ``equilibration`` attribute)."""
+    from rich.table import Table
+
+    table = Table(title="temperatures (K): target and measured mean (mlff_distiller.thermo)")
+    for col in ("molecule", "replica", "frames", "target", "measured", "NVE", "equilibration"):
+        table.add_column(col)
+    for r in results:
+        if not r.ok:
+            table.add_row(r.name, str(r.replica), "-", "-", "-", "-", "[red]failed[/]")
+            continue
+        check = {True: "passed", False: "[red]FAILED[/]"}.get(r.equilibration_passed, "unchecked")
+        eq = f"{r.equilibration_fs:g} fs, {check}" if r.equilibration_fs is not None else check
+        table.add_row(
+            r.name,
+            str(r.replica),
+            str(r.n_frames),
+            _kelvin(r.target_temperature_k),
+            _kelvin(r.measured_temperature_k),
+            _kelvin(r.measured_temperature_nve_k),
+            eq,
+        )
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("teachers")
     def teachers_cmd() -> None:
@@ -85,8 +117,24 @@ def register(app: typer.Typer) -> None:
         replicas: int = typer.Option(1, help="independent runs per molecule (seeds seed+k)"),
         temperature_k: float = typer.Option(300.0, "--temperature", help="K"),
         dt_fs: float = typer.Option(None, "--dt", help="fs (default: MM 2, QM/ML 0.5)"),
-        friction_per_ps: float = typer.Option(1.0, "--friction", help="Langevin, 1/ps"),
-        equilibration_fs: float = typer.Option(1000.0, "--equilibration", help="fs, not saved"),
+        friction_per_ps: float = typer.Option(
+            1.0, "--friction", help="Langevin friction of production, 1/ps"
+        ),
+        equilibration_fs: float = typer.Option(
+            1000.0, "--equilibration", help="fs, not saved: the minimum (0: none)"
+        ),
+        equilibration_friction: float = typer.Option(
+            None, "--equilibration-friction", help="1/ps (default: max(--friction, 10))"
+        ),
+        equilibration_window: float = typer.Option(
+            200.0, "--equilibration-window", help="fs over which the mean T is checked"
+        ),
+        temperature_tolerance: float = typer.Option(
+            0.05, "--temperature-tolerance", help="relative; or 2 sigma of the window mean"
+        ),
+        max_equilibration: float = typer.Option(
+            None, "--max-equilibration", help="fs cap (default: minimum + 10 windows)"
+        ),
         production_fs: float = typer.Option(10000.0, "--production", help="fs, NVT, saved"),
         nve_fs: float = typer.Option(0.0, "--nve", help="fs of NVE after production"),
         nve_dt_fs: float = typer.Option(None, "--nve-dt", help="fs (default: --dt)"),
@@ -99,7 +147,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Reference MD (NVT Langevin, then optional NVE) with a teacher; one HDF5 trajectory
-        per molecule and replica, flushed per frame, resumable."""
+        per molecule and replica, flushed per frame, resumable. Equilibration runs at a strong
+        friction until the mean temperature reaches the target; the table at the end gives the
+        measured temperature of every run next to the target."""
         from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
         from mlff_distiller.teachers.registry import get_teacher, teacher_spec
@@ -108,16 +158,20 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             options = parse_options(teacher_option)
             cfg = SamplingConfig(
-                temperature_k,
-                dt_fs,
-                friction_per_ps,
-                equilibration_fs,
-                production_fs,
-                nve_fs,
-                nve_dt_fs,
-                save_every,
-                seed,
-                constraints,
+                temperature_k=temperature_k,
+                dt_fs=dt_fs,
+                friction_per_ps=friction_per_ps,
+                equilibration_fs=equilibration_fs,
+                production_fs=production_fs,
+                nve_fs=nve_fs,
+                nve_dt_fs=nve_dt_fs,
+                save_every=save_every,
+                seed=seed,
+                constraints=constraints,
+                equilibration_friction_per_ps=equilibration_friction,
+                equilibration_window_fs=equilibration_window,
+                temperature_tolerance=temperature_tolerance,
+                max_equilibration_fs=max_equilibration,
             )
             kind = teacher_spec(teacher).kind if ":" not in teacher else "ml"
             cfg.resolved(kind)
@@ -151,6 +205,7 @@ def register(app: typer.Typer) -> None:
                     on_steps=lambda n: bar.advance(task, n),
                     on_result=report,
                 )
+            temperature_table(results)
             failed = [r for r in results if not r.ok]
             if failed and len(failed) == len(results):
                 raise typer.Exit(code=1)

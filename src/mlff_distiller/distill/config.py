@@ -48,12 +48,18 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if not self.smiles and not self.structures:
             raise ValueError("give at least one SMILES or structure file")
-        for name in ("budget", "seed_frames", "replicas", "members", "save_every",
-                     "frames_per_iteration", "max_iterations"):
+        for name in (
+            "budget",
+            "seed_frames",
+            "replicas",
+            "members",
+            "save_every",
+            "frames_per_iteration",
+            "max_iterations",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("md_fs", "dt_fs", "max_uncertainty", "first_train_minutes",
-                     "train_minutes"):
+        for name in ("md_fs", "dt_fs", "max_uncertainty", "first_train_minutes", "train_minutes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.holdout_fs < 0 or self.rattle_a < 0 or self.lost_factor < 1:

@@ -87,8 +87,10 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
             # one more training on the last labels, scored, so that no label goes unused
             final = out / f"iter_{i + 1:02d}"
             final.mkdir(exist_ok=True)
-            stage(final / "train",
-                  lambda f=final, n=i + 1: train_committee_stage(config, out, f, n, say))
+            stage(
+                final / "train",
+                lambda f=final, n=i + 1: train_committee_stage(config, out, f, n, say),
+            )
             record = {"iteration": i + 1, "teacher_calls": teacher_calls(out)}
             if holdout.exists():
                 record.update(score_holdout(final / "committee", holdout))
@@ -189,15 +191,21 @@ def label_seed(config: DistillConfig, molecules: list[Atoms], say: Say) -> None:
                 smiles = atoms.info.get(keys.SMILES)
                 n_conf = max(1, config.seed_frames // 8)
                 confs = (
-                    from_smiles(smiles, n_conformers=n_conf, seed=config.seed,
-                                name=atoms.info.get(keys.NAME))
-                    if smiles else [atoms]
+                    from_smiles(
+                        smiles,
+                        n_conformers=n_conf,
+                        seed=config.seed,
+                        name=atoms.info.get(keys.NAME),
+                    )
+                    if smiles
+                    else [atoms]
                 )
                 for k in range(config.seed_frames):
                     frame = confs[k % len(confs)].copy()
                     frame.positions += rng.normal(scale=config.rattle_a, size=frame.positions.shape)
-                    writer.append_frame(frame.numbers, frame.positions,
-                                        molecule=str(atoms.info.get(keys.NAME)))
+                    writer.append_frame(
+                        frame.numbers, frame.positions, molecule=str(atoms.info.get(keys.NAME))
+                    )
         (out / "seed_candidates.h5.done").touch()
     say(f"labelling {config.seed_frames} seed frames per molecule with {config.teacher}")
     _label(config, candidates, out / "seed.h5")
@@ -220,9 +228,15 @@ def run_holdout(config: DistillConfig, molecules: list[Atoms], path: Path, say: 
     parts = []
     for k, atoms in enumerate(molecules):
         part = path.with_name(f"holdout_{k}.h5")
-        cfg = SamplingConfig(temperature_k=t_top, dt_fs=config.dt_fs, equilibration_fs=500.0,
-                             production_fs=config.holdout_fs, save_every=config.save_every,
-                             seed=config.seed + 1000 + k, friction_per_ps=config.friction_per_ps)
+        cfg = SamplingConfig(
+            temperature_k=t_top,
+            dt_fs=config.dt_fs,
+            equilibration_fs=500.0,
+            production_fs=config.holdout_fs,
+            save_every=config.save_every,
+            seed=config.seed + 1000 + k,
+            friction_per_ps=config.friction_per_ps,
+        )
         sample(get_teacher(config.teacher), atoms, part, cfg, resume=True)
         parts.append(part)
     with DatasetWriter(path, flush_every=256) as writer:
@@ -258,14 +272,28 @@ def train_committee_stage(config: DistillConfig, out: Path, it: Path, i: int, sa
     configs = []
     for k in range(config.members):
         init = prev / f"member_{k}" / "model"
-        configs.append(TrainConfig(
-            data=str(data), size=config.size, train_size=0.9, val_size=0.1,
-            lr=2e-3 if i == 0 else 1e-3, warmup_steps=50 if i == 0 else 10, schedule="cosine",
-            ema_decay=0.99, batch_size=8, patience=0, max_epochs=config.max_epochs,
-            max_time_min=minutes, seed=config.seed + 101 * k + i, split_seed=config.seed,
-            bootstrap_seed=config.seed + 101 * k + i, out=str(it / f"member_{k}"),
-            init_from=str(init) if init.exists() else "", progress_bar=False,
-        ))
+        configs.append(
+            TrainConfig(
+                data=str(data),
+                size=config.size,
+                train_size=0.9,
+                val_size=0.1,
+                lr=2e-3 if i == 0 else 1e-3,
+                warmup_steps=50 if i == 0 else 10,
+                schedule="cosine",
+                ema_decay=0.99,
+                batch_size=8,
+                patience=0,
+                max_epochs=config.max_epochs,
+                max_time_min=minutes,
+                seed=config.seed + 101 * k + i,
+                split_seed=config.seed,
+                bootstrap_seed=config.seed + 101 * k + i,
+                out=str(it / f"member_{k}"),
+                init_from=str(init) if init.exists() else "",
+                progress_bar=False,
+            )
+        )
     train_members(configs, workers=config.training_processes())
     save_committee([Path(c.out) / "model" for c in configs], it / "committee")
 
@@ -306,8 +334,9 @@ def save_committee(member_paths: list[Path], path: Path) -> None:
 
 
 # ------------------------------------------------------------------ explore and select
-def explore(config: DistillConfig, molecules: list[Atoms], model_path: Path, it: Path,
-            say: Say) -> None:
+def explore(
+    config: DistillConfig, molecules: list[Atoms], model_path: Path, it: Path, say: Say
+) -> None:
     """Student NVT MD of every molecule x ``replicas`` at each temperature, batched."""
     from mlff_distiller.md.runner import MDConfig, MDError, run_md
     from mlff_distiller.models.io import load_model
@@ -324,9 +353,14 @@ def explore(config: DistillConfig, molecules: list[Atoms], model_path: Path, it:
         if (it / f"md_{t:g}K.h5{DONE}").exists():
             continue
         say(f"student MD at {t:g} K: {len(structures)} replicas x {config.md_fs:g} fs")
-        md = MDConfig(steps=int(round(config.md_fs / config.dt_fs)), dt_fs=config.dt_fs,
-                      temperature_k=t, friction_per_ps=config.friction_per_ps,
-                      save_every=config.save_every, seed=config.seed + int(t))
+        md = MDConfig(
+            steps=int(round(config.md_fs / config.dt_fs)),
+            dt_fs=config.dt_fs,
+            temperature_k=t,
+            friction_per_ps=config.friction_per_ps,
+            save_every=config.save_every,
+            seed=config.seed + int(t),
+        )
         try:
             run_md(model, structures, md, out=path, resume=path.exists(), dtype=torch_float32())
         except MDError as err:  # a replica blew up: its frames so far are in the file
@@ -371,9 +405,12 @@ def replica_traces(config: DistillConfig, model_path: Path, it: Path) -> dict:
             n_rep = len(names)
             n_saves = len(ds) // n_rep
         u = frame_uncertainties(model_path, path)[: n_saves * n_rep].reshape(n_saves, n_rep)
-        traces[t] = {"uncertainty": u, "names": names,
-                     "time_fs": np.arange(n_saves) * config.save_every * config.dt_fs,
-                     "failed": (it / f"md_{t:g}K.failed").exists()}
+        traces[t] = {
+            "uncertainty": u,
+            "names": names,
+            "time_fs": np.arange(n_saves) * config.save_every * config.dt_fs,
+            "failed": (it / f"md_{t:g}K.failed").exists(),
+        }
     return traces
 
 
@@ -399,9 +436,12 @@ def analyse_exploration(config: DistillConfig, model_path: Path, it: Path) -> di
             for s in np.flatnonzero(u[1:stop, r] > config.max_uncertainty) + 1:
                 candidates.append([float(t), int(s * n_rep + r), float(u[s, r])])
                 t_cand += 1
-        per_t[f"{t:g}"] = {"candidates": t_cand, "lost": t_lost,
-                           "max_uncertainty": float(u.max()) if u.size else 0.0,
-                           "median_uncertainty": float(np.median(u)) if u.size else 0.0}
+        per_t[f"{t:g}"] = {
+            "candidates": t_cand,
+            "lost": t_lost,
+            "max_uncertainty": float(u.max()) if u.size else 0.0,
+            "median_uncertainty": float(np.median(u)) if u.size else 0.0,
+        }
         lost += t_lost
     found = {"candidates": len(candidates), "lost_replicas": lost, "per_temperature": per_t}
     (it / "candidates.json").write_text(json.dumps(candidates))
@@ -425,8 +465,9 @@ def select_stage(config: DistillConfig, it: Path, remaining: int) -> None:
                 unc.append(u)
     n_mol = max(len(set(mol)), 1)
     quota = min(config.frames_per_iteration * n_mol, remaining)
-    picked = select_frames(np.array(unc), np.array(mol), [a.positions for a in frames],
-                           config.max_uncertainty, quota)
+    picked = select_frames(
+        np.array(unc), np.array(mol), [a.positions for a in frames], config.max_uncertainty, quota
+    )
     with DatasetWriter(it / "selected.h5", flush_every=64) as writer:
         for k in picked:
             writer.append_frame(frames[k].numbers, frames[k].positions, molecule=mol[k])
@@ -465,6 +506,8 @@ def score_holdout(model_path: Path, holdout: Path) -> dict:
             n = batch.atoms_per_system.double()
             e_err += ((out[keys.ENERGY] - batch.labels[keys.ENERGY]).detach().double() / n).tolist()
     rho = spearmanr(uncert, errors).statistic if len(errors) > 2 else float("nan")
-    return {"holdout_force_mae_mev": 1000 * float(np.mean(errors)),
-            "holdout_energy_mae_mev_per_atom": 1000 * float(np.mean(np.abs(e_err))),
-            "holdout_spearman": float(rho)}
+    return {
+        "holdout_force_mae_mev": 1000 * float(np.mean(errors)),
+        "holdout_energy_mae_mev_per_atom": 1000 * float(np.mean(np.abs(e_err))),
+        "holdout_spearman": float(rho),
+    }

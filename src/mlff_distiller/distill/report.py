@@ -29,8 +29,11 @@ def holdout_predictions(model_path: Path, holdout: Path) -> dict[str, np.ndarray
             error.append((out[keys.FORCES] - batch.labels[keys.FORCES]).detach().double().numpy())
             system.append(batch.system_idx.numpy() + offset)
             offset += batch.n_systems
-    return {"sigma": np.concatenate(sigma), "error": np.concatenate(error),
-            "system_idx": np.concatenate(system)}
+    return {
+        "sigma": np.concatenate(sigma),
+        "error": np.concatenate(error),
+        "system_idx": np.concatenate(system),
+    }
 
 
 def write_report(out: Path, summary: dict) -> Path:
@@ -44,29 +47,40 @@ def write_report(out: Path, summary: dict) -> Path:
 
     cfg = summary["config"]
     history = summary["iterations"]
-    lines = ["# mlffd distill report", "",
-             f"Teacher **{cfg['teacher']}**; molecules: "
-             + ", ".join(cfg["smiles"] + cfg["structures"]) + ".",
-             f"Status: **{summary['status']}** after {summary['teacher_calls']} teacher calls "
-             f"(budget {cfg['budget']}). Committee of {cfg['members']} '{cfg['size']}' students; "
-             f"uncertainty threshold {cfg['max_uncertainty']:g} eV/Å (largest per-atom committee "
-             f"force deviation); student MD {cfg['md_fs']:g} fs per replica at "
-             + ", ".join(f"{t:g}" for t in cfg["temperatures_k"]) + " K.", ""]
+    lines = [
+        "# mlffd distill report",
+        "",
+        f"Teacher **{cfg['teacher']}**; molecules: "
+        + ", ".join(cfg["smiles"] + cfg["structures"])
+        + ".",
+        f"Status: **{summary['status']}** after {summary['teacher_calls']} teacher calls "
+        f"(budget {cfg['budget']}). Committee of {cfg['members']} '{cfg['size']}' students; "
+        f"uncertainty threshold {cfg['max_uncertainty']:g} eV/Å (largest per-atom committee "
+        f"force deviation); student MD {cfg['md_fs']:g} fs per replica at "
+        + ", ".join(f"{t:g}" for t in cfg["temperatures_k"])
+        + " K.",
+        "",
+    ]
     scored = [h for h in history if "holdout_force_mae_mev" in h]
-    lines += ["| iteration | teacher calls | held-out force MAE (meV/Å) | energy MAE (meV/atom) "
-              "| rank corr. | candidates | lost replicas |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| iteration | teacher calls | held-out force MAE (meV/Å) | energy MAE (meV/atom) "
+        "| rank corr. | candidates | lost replicas |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for h in history:
         lines.append(
             f"| {h['iteration']} | {h['teacher_calls']} | "
             f"{h.get('holdout_force_mae_mev', float('nan')):.1f} | "
             f"{h.get('holdout_energy_mae_mev_per_atom', float('nan')):.2f} | "
             f"{h.get('holdout_spearman', float('nan')):.2f} | {h.get('candidates', '-')} | "
-            f"{h.get('lost_replicas', '-')} |")
+            f"{h.get('lost_replicas', '-')} |"
+        )
     lines.append("")
     if scored:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([h["teacher_calls"] for h in scored],
-                [h["holdout_force_mae_mev"] for h in scored], "o-")
+        ax.plot(
+            [h["teacher_calls"] for h in scored], [h["holdout_force_mae_mev"] for h in scored], "o-"
+        )
         ax.set_xlabel("teacher calls")
         ax.set_ylabel("held-out force MAE (meV/Å)")
         ax.set_title(f"held-out teacher MD at {max(cfg['temperatures_k']):g} K")
@@ -82,21 +96,32 @@ def write_report(out: Path, summary: dict) -> Path:
             u = traces[t_top]
             times = np.arange(len(u)) * cfg["save_every"] * cfg["dt_fs"]
             uncertainty_along_md(times, u, cfg["max_uncertainty"], out / "uncertainty_md.png")
-            lines += [f"Committee uncertainty along the student MD at {t_top} of iteration "
-                      f"{last}, each replica a line:", "",
-                      "![uncertainty along MD](uncertainty_md.png)", ""]
+            lines += [
+                f"Committee uncertainty along the student MD at {t_top} of iteration "
+                f"{last}, each replica a line:",
+                "",
+                "![uncertainty along MD](uncertainty_md.png)",
+                "",
+            ]
     holdout = out / "holdout.h5"
     model_path = Path(summary["model_path"])
     if holdout.exists():
         pred = holdout_predictions(model_path, holdout)
-        _, cal = plot_calibration(pred["sigma"], pred["error"], pred["system_idx"],
-                                  out / "calibration.png")
-        lines += ["## Calibration on the held-out teacher MD", "",
-                  f"Rank correlation of predicted and true per-structure error: "
-                  f"{cal['spearman_structure']:.2f}; coverage of the 1/2/3-sigma intervals "
-                  f"{cal['coverage_1sigma']:.0%} / {cal['coverage_2sigma']:.0%} / "
-                  f"{cal['coverage_3sigma']:.0%} (Gaussian: 68/95/100%); fitted sigma scale "
-                  f"{cal['sigma_scale']:.2f}.", "", "![calibration](calibration.png)", ""]
+        _, cal = plot_calibration(
+            pred["sigma"], pred["error"], pred["system_idx"], out / "calibration.png"
+        )
+        lines += [
+            "## Calibration on the held-out teacher MD",
+            "",
+            f"Rank correlation of predicted and true per-structure error: "
+            f"{cal['spearman_structure']:.2f}; coverage of the 1/2/3-sigma intervals "
+            f"{cal['coverage_1sigma']:.0%} / {cal['coverage_2sigma']:.0%} / "
+            f"{cal['coverage_3sigma']:.0%} (Gaussian: 68/95/100%); fitted sigma scale "
+            f"{cal['sigma_scale']:.2f}.",
+            "",
+            "![calibration](calibration.png)",
+            "",
+        ]
         (out / "calibration.json").write_text(json.dumps(cal, indent=2))
     lines += _size_and_speed(model_path)
     path = out / "report.md"
@@ -117,9 +142,13 @@ def _size_and_speed(model_path: Path) -> list[str]:
     ms = ms_per_call(StudentCalculator(model, compile=False), atoms, repeats=20, budget_s=10)
     painn = config.get("painn", config)
     members = config.get("members", 1)
-    return ["## Model", "",
-            f"`{model_path}`: {members} students of PaiNN with {painn['hidden']} features, "
-            f"{painn['n_interactions']} blocks, cutoff {painn['cutoff']:g} Å, "
-            f"{'shared' if painn.get('shared_filters') else 'separate'} filters; "
-            f"{n_params:,} parameters in all; {ms:.2f} ms per energy+forces call of the whole "
-            "committee on aspirin (21 atoms), eager, one thread.", ""]
+    return [
+        "## Model",
+        "",
+        f"`{model_path}`: {members} students of PaiNN with {painn['hidden']} features, "
+        f"{painn['n_interactions']} blocks, cutoff {painn['cutoff']:g} Å, "
+        f"{'shared' if painn.get('shared_filters') else 'separate'} filters; "
+        f"{n_params:,} parameters in all; {ms:.2f} ms per energy+forces call of the whole "
+        "committee on aspirin (21 atoms), eager, one thread.",
+        "",
+    ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlff_distiller import units
+from mlff_distiller import thermo, units
 from mlff_distiller.models.sizes import RECOMMENDED_SIZE
 
 DEFAULT_MOLECULES = {
@@ -111,11 +111,41 @@ def sample_teacher(cfg: DemoConfig, out: Path, say: Say) -> list[Path]:
     for res in results:
         if res.ok:
             paths.append(res.path)
+            say(
+                f"teacher MD {res.name}: mean kinetic temperature "
+                f"{_kelvin(res.measured_temperature_k)} (requested {cfg.temperature_k:g} K)"
+            )
         else:
             say(f"[red]teacher MD of {res.name} failed:[/] {res.error}")
     if not paths:
         raise RuntimeError("teacher MD failed for every molecule; see the messages above")
     return paths
+
+
+def _kelvin(value) -> str:
+    return "n/a" if value is None else f"{value:.0f} K"
+
+
+def teacher_md_temperatures(paths: list[Path]) -> dict[str, dict]:
+    """Per molecule: the requested and the measured (mean over the production frames,
+    ``mlff_distiller.thermo.temperature``) temperature of its teacher MD, and how long
+    equilibration ran and whether it reached the target (as the trajectory records them)."""
+    from mlff_distiller.data.hdf5 import Dataset
+    from mlff_distiller.teachers.sampling import trajectory_temperatures
+
+    out = {}
+    for path in paths:
+        with Dataset(path) as ds:
+            name = ds.molecule_names[0] if ds.molecule_names else Path(path).stem
+        temps = trajectory_temperatures(path)
+        eq = temps["equilibration"]
+        out[name] = {
+            "target_temperature_k": temps["target_k"],
+            "measured_temperature_k": temps["measured_k"],
+            "equilibration_fs": eq.get("time_fs"),
+            "equilibration_passed": eq.get("passed"),
+        }
+    return out
 
 
 def split_trajectories(
@@ -126,9 +156,10 @@ def split_trajectories(
     from mlff_distiller.data.hdf5 import Dataset, DatasetWriter
 
     counts = {}
-    with DatasetWriter(train_path, flush_every=1000) as train, DatasetWriter(
-        test_path, flush_every=1000
-    ) as test:
+    with (
+        DatasetWriter(train_path, flush_every=1000) as train,
+        DatasetWriter(test_path, flush_every=1000) as test,
+    ):
         for path in paths:
             with Dataset(path) as ds:
                 n = len(ds)
@@ -173,18 +204,26 @@ def student_md(
             atoms.calc = calc
             rng = np.random.default_rng(cfg.seed)
             MaxwellBoltzmannDistribution(atoms, temperature_K=cfg.md_temperature_k, rng=rng)
-            Stationary(atoms)
+            Stationary(atoms, preserve_temperature=False)
             dyn = VelocityVerlet(atoms, timestep=cfg.md_dt_fs * units.ASE_TIME_PER_FS)
             times, e_tot, e_pot, temps, frames = [], [], [], [], []
 
-            def record(atoms=atoms, dyn=dyn, times=times, e_tot=e_tot, e_pot=e_pot, temps=temps,
-                       frames=frames):
+            def record(
+                atoms=atoms,
+                dyn=dyn,
+                times=times,
+                e_tot=e_tot,
+                e_pot=e_pot,
+                temps=temps,
+                frames=frames,
+            ):
                 epot = atoms.get_potential_energy()
-                ekin = atoms.get_kinetic_energy()
+                v = units.velocities_ase_to_internal(atoms.get_velocities())
+                ekin = float(thermo.kinetic_energy(v, atoms.get_masses())[0])
                 times.append(dyn.nsteps * cfg.md_dt_fs)
                 e_pot.append(epot)
                 e_tot.append(epot + ekin)
-                temps.append(atoms.get_temperature())
+                temps.append(float(thermo.temperature(v, atoms.get_masses())[0]))
                 frames.append(atoms.copy())
 
             dyn.attach(record, interval=record_every)
@@ -232,8 +271,13 @@ def _plot_md(results: dict, path: Path) -> None:
         c = r["curve"]
         t = np.asarray(c["time_fs"])
         ax.plot(t, np.asarray(c["total_ev"]) - c["total_ev"][0], label=f"{name} total")
-        ax.plot(t, np.asarray(c["potential_ev"]) - c["total_ev"][0], lw=0.6, alpha=0.6,
-                label=f"{name} potential")
+        ax.plot(
+            t,
+            np.asarray(c["potential_ev"]) - c["total_ev"][0],
+            lw=0.6,
+            alpha=0.6,
+            label=f"{name} potential",
+        )
     ax.set_xlabel("time (fs)")
     ax.set_ylabel("energy - E_total(0) (eV)")
     ax.legend(fontsize=7)
@@ -289,6 +333,7 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
 
     say(f"[bold]1/4[/] teacher MD with {cfg.teacher} for {len(cfg.smiles)} molecule(s)")
     paths = sample_teacher(cfg, out, say)
+    teacher_md = teacher_md_temperatures(paths)
     frames = split_trajectories(paths, cfg.test_fraction, out / "train.h5", out / "test.h5")
     clock["teacher_md_s"] = time.perf_counter() - t0
 
@@ -319,8 +364,12 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
     say("[bold]3/4[/] evaluating on held-out teacher frames")
     t2 = time.perf_counter()
     metrics = evaluate_student(
-        result.model_path, out / "test.h5", out / "eval", teacher=cfg.teacher,
-        max_teacher_frames=20, progress=say,
+        result.model_path,
+        out / "test.h5",
+        out / "eval",
+        teacher=cfg.teacher,
+        max_teacher_frames=20,
+        progress=say,
     )
     clock["evaluation_s"] = time.perf_counter() - t2
 
@@ -333,10 +382,14 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
     report = {
         "config": asdict(cfg),
         "frames": frames,
-        "training": {**result.to_dict(), "architecture": {
-            k: getattr(train_cfg, k)
-            for k in ("size", "hidden", "n_interactions", "n_rbf", "cutoff", "shared_filters")
-        }},
+        "teacher_md": teacher_md,
+        "training": {
+            **result.to_dict(),
+            "architecture": {
+                k: getattr(train_cfg, k)
+                for k in ("size", "hidden", "n_interactions", "n_rbf", "cutoff", "shared_filters")
+            },
+        },
         "evaluation": metrics,
         "student_md": {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in md.items()},
         "wall_clock": clock,
@@ -344,6 +397,26 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(render_report(report))
     return report
+
+
+def _teacher_temperature_lines(teacher_md: dict, requested: float) -> list[str]:
+    """The measured temperature of each teacher MD run next to the requested one."""
+    if not teacher_md:
+        return []
+    lines = [
+        "| molecule | requested T (K) | measured T (K), production mean | equilibration |",
+        "|---|---|---|---|",
+    ]
+    for name, t in teacher_md.items():
+        target = t.get("target_temperature_k") or requested
+        measured = t.get("measured_temperature_k")
+        eq_fs, passed = t.get("equilibration_fs"), t.get("equilibration_passed")
+        check = {True: "reached target", False: "**did not reach target**"}.get(passed, "unchecked")
+        eq = f"{eq_fs:g} fs, {check}" if eq_fs is not None else check
+        lines.append(
+            f"| {name} | {target:g} | {'n/a' if measured is None else f'{measured:.0f}'} | {eq} |"
+        )
+    return [*lines, ""]
 
 
 def render_report(report: dict) -> str:
@@ -357,10 +430,11 @@ def render_report(report: dict) -> str:
         "",
         f"Teacher **{cfg['teacher']}**, molecules: "
         + ", ".join(f"{n} (`{s}`)" for n, s in zip(cfg["names"], cfg["smiles"], strict=True)),
-        f"Teacher NVT MD at {cfg['temperature_k']:g} K, {cfg['sample_fs']:g} fs per molecule, "
-        f"a frame every {cfg['save_every']} steps; the last {cfg['test_fraction']:.0%} of each "
-        "trajectory is held out for testing.",
+        f"Teacher NVT MD at {cfg['temperature_k']:g} K requested, {cfg['sample_fs']:g} fs per "
+        f"molecule, a frame every {cfg['save_every']} steps; the last "
+        f"{cfg['test_fraction']:.0%} of each trajectory is held out for testing.",
         "",
+        *_teacher_temperature_lines(report.get("teacher_md") or {}, cfg["temperature_k"]),
         "| molecule | training+validation frames | held-out test frames |",
         "|---|---|---|",
     ]

@@ -241,15 +241,21 @@ def evaluate_student(
         from mlff_distiller.teachers import get_teacher
 
         calc = get_teacher(teacher)
-        pick = indices[np.linspace(0, len(indices) - 1, min(max_teacher_frames, len(indices)))
-                       .astype(int)]
+        pick = indices[
+            np.linspace(0, len(indices) - 1, min(max_teacher_frames, len(indices))).astype(int)
+        ]
         say(f"teacher {teacher} on {len(pick)} structures")
         structures = [dataset[int(i)] for i in pick]
         t_energy, t_forces = teacher_labels(calc, structures)
         sub = predict_dataset(model, dataset, pick)
         vs_teacher = Predictions(
-            sub.energy_pred, t_energy, sub.forces_pred, np.concatenate(t_forces),
-            sub.n_atoms, sub.atomic_numbers, sub.molecules,
+            sub.energy_pred,
+            t_energy,
+            sub.forces_pred,
+            np.concatenate(t_forces),
+            sub.n_atoms,
+            sub.atomic_numbers,
+            sub.molecules,
         )
         result["teacher"] = teacher
         result["student_vs_teacher"] = vs_teacher.summary()
@@ -290,8 +296,10 @@ def format_summary(result: dict) -> str:
         "| force RMSE (meV/Å) | force cosine | reference force std (meV/Å) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for key, label in (("student_vs_labels", "student vs labels"),
-                       ("student_vs_teacher", f"student vs {result.get('teacher')} (live)")):
+    for key, label in (
+        ("student_vs_labels", "student vs labels"),
+        ("student_vs_teacher", f"student vs {result.get('teacher')} (live)"),
+    ):
         if key not in result:
             continue
         o = result[key]["overall"]

@@ -9,6 +9,13 @@ every ``stride``-th start frame, and writes a small window file (HDF5)::
                        x_t v_t f_t x_tk v_tk f_tk (w, n, 3)   k (w,)   dt (w,)
                        attrs: smiles, split ("train" | "val" | "test")
 
+Velocities enter the windows on step (``v(t)``, as the hybrid integrator hands them over). A
+trajectory says which velocities it stores in its root attribute ``keys.VELOCITY_CONVENTION``
+(written by ``mlffd sample`` and the MD runners): ``keys.ON_STEP`` ones are used as they are,
+``keys.HALF_STEP`` ones (OpenMM's leapfrog integrators, ``v(t - dt/2)``) are moved on step
+(:func:`to_on_step_velocities`). A file without the attribute is refused unless the convention
+is given (``velocity_convention=``, ``mlffd kstep dataset --velocity-convention``).
+
 Splits are by molecule (70/15/15 by default, seeded) so test molecules are never trained on.
 :class:`KStepWindows` loads one split into memory and yields batches of
 ``(KStepInput, KStepTargets)``, centred on each window's centre of mass and, optionally,
@@ -109,22 +116,45 @@ def read_trajectory(path: str | Path) -> dict:
         "name": str(frames[0].get(keys.NAME) or Path(path).stem),
         "smiles": str(frames[0].get(keys.SMILES) or ""),
         "dt": trajectory_dt(attrs),
+        "velocity_convention": attrs.get(keys.VELOCITY_CONVENTION),
+        "path": str(path),
     }
 
 
-def velocities_are_half_step(traj: dict, dt: float) -> bool:
-    """Whether the stored velocities are ``v(t - dt/2)`` (leapfrog / OpenMM's Langevin-middle
-    integrator) rather than ``v(t)``: they match the backward difference ``(x_t - x_{t-1}) / dt``
-    better than the central one. Needs consecutive frames ``dt`` apart."""
-    x, v, t = traj["positions"], traj["velocities"], traj["time"]
-    step = np.isclose(np.diff(t), dt)
-    ok = step[:-1] & step[1:]  # frames i with i - 1 and i + 1 dt away
-    if not ok.any():
-        return False
-    mid = np.flatnonzero(ok) + 1
-    central = (x[mid + 1] - x[mid - 1]) / (2 * dt)
-    backward = (x[mid] - x[mid - 1]) / dt
-    return bool(np.linalg.norm(v[mid] - backward) < np.linalg.norm(v[mid] - central))
+VELOCITY_CONVENTIONS = (keys.ON_STEP, keys.HALF_STEP)
+
+
+def velocity_convention(traj: dict, override: str | None = "auto") -> str:
+    """``keys.ON_STEP`` or ``keys.HALF_STEP``: ``override`` unless it is ``"auto"``/None, else
+    what the trajectory file records (its ``keys.VELOCITY_CONVENTION`` root attribute). A file
+    that does not record it is an error that names the file and the two ways out."""
+    if override not in (None, "auto"):
+        if override not in VELOCITY_CONVENTIONS:
+            raise ValueError(
+                f"velocity convention must be auto, {keys.ON_STEP} or {keys.HALF_STEP}, "
+                f"not {override!r}"
+            )
+        return override
+    stored = traj.get("velocity_convention")
+    where = traj.get("path") or traj.get("name") or "this trajectory"
+    if stored is None:
+        raise ValueError(
+            f"trajectory {where} does not record whether its velocities are on-step or "
+            f"half-step (root attribute {keys.VELOCITY_CONVENTION!r}). Resample it with "
+            "`mlffd sample` (which records it), or give the convention: "
+            "`mlffd kstep dataset --velocity-convention half-step` (OpenMM leapfrog / "
+            "Langevin-middle integrators) or `on-step` (ASE, velocity Verlet), "
+            "build_windows(..., velocity_convention=...) in Python"
+        )
+    if stored not in VELOCITY_CONVENTIONS:
+        raise ValueError(
+            f"trajectory {where} records an unknown velocity convention {stored!r} "
+            f"(expected {keys.ON_STEP} or {keys.HALF_STEP}); pass velocity_convention="
+        )
+    return str(stored)
+
+
+_velocity_convention = velocity_convention  # build_windows has a parameter of that name
 
 
 def to_on_step_velocities(traj: dict, dt: float) -> dict:
@@ -222,14 +252,17 @@ def build_windows(
     seed: int = 0,
     test_molecules: Sequence[str] = (),
     on_step_velocities: bool = True,
+    velocity_convention: str | None = "auto",
 ) -> dict[str, MoleculeWindows]:
     """Windows of every trajectory (several files of one molecule are merged), split by
     molecule, written to ``out_path``. Returns them by molecule name.
 
-    ``on_step_velocities`` (default): trajectories whose velocities are detected as half-step
-    (:func:`velocities_are_half_step`, e.g. OpenMM Langevin-middle) get on-step velocities
-    (:func:`to_on_step_velocities`), the convention of the hybrid integrator, which hands the
-    network ``v(t)`` after each corrector step; ``False`` keeps the velocities as stored."""
+    ``on_step_velocities`` (default): trajectories with half-step velocities (e.g. OpenMM
+    Langevin-middle) get on-step velocities (:func:`to_on_step_velocities`), the convention of
+    the hybrid integrator, which hands the network ``v(t)`` after each corrector step; ``False``
+    keeps the velocities as stored. ``velocity_convention``: what the files store, ``"auto"``
+    (read each file's ``keys.VELOCITY_CONVENTION`` attribute; a file without it is an error),
+    or ``"on-step"`` / ``"half-step"`` for every file (overrides the attribute)."""
     if not trajectories:
         raise ValueError("no trajectories given to build k-step windows from")
     if any(k < 1 for k in ks) or stride < 1:
@@ -237,8 +270,14 @@ def build_windows(
     merged: dict[str, MoleculeWindows] = {}
     for path in trajectories:
         traj = read_trajectory(path)
-        if on_step_velocities and velocities_are_half_step(traj, dt or traj["dt"]):
-            traj = to_on_step_velocities(traj, dt or traj["dt"])
+        if on_step_velocities and _velocity_convention(traj, velocity_convention) == keys.HALF_STEP:
+            step = dt or traj["dt"]
+            if not step:
+                raise ValueError(
+                    f"trajectory {path} does not say its MD time step, needed to move its "
+                    "half-step velocities on step; pass dt (fs)"
+                )
+            traj = to_on_step_velocities(traj, step)
         arrays = windows_of_trajectory(traj, ks, stride, dt)
         name = traj["name"]
         if name in merged:

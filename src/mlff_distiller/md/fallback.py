@@ -88,8 +88,12 @@ class TeacherFallback:
             self.counts[s] += 1
             if self._writer is not None:
                 self._writer.append_frame(
-                    atoms.numbers, atoms.positions, cell=np.asarray(atoms.cell[:]),
-                    pbc=atoms.pbc, energy=e_teacher, forces=f_teacher,
+                    atoms.numbers,
+                    atoms.positions,
+                    cell=np.asarray(atoms.cell[:]),
+                    pbc=atoms.pbc,
+                    energy=e_teacher,
+                    forces=f_teacher,
                     molecule=self.names[s] if self.names else None,
                 )
         return {**out, keys.ENERGY: energy, keys.FORCES: forces}

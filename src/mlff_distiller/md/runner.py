@@ -153,9 +153,7 @@ def run_md(
             state, start_step = _resume_state(out, state, n_sys, config)
         attrs = {"teacher": "student", "md": _config_attrs(config)}
         writer = DatasetWriter(out, mode="a" if resume else "w", attrs=attrs, flush_every=n_sys)
-    generator = torch.Generator(device=state.positions.device).manual_seed(
-        config.seed + start_step
-    )
+    generator = torch.Generator(device=state.positions.device).manual_seed(config.seed + start_step)
     friction_per_fs = config.friction_per_ps / units.PS
     state = with_forces(state, model, config.forces)
     check_finite(state, names, start_step)
@@ -246,9 +244,7 @@ def check_finite(state: MDState, names: list[str], step: int) -> None:
         )
 
 
-def _resume_state(
-    path: Path, state: MDState, n_sys: int, config: MDConfig
-) -> tuple[MDState, int]:
+def _resume_state(path: Path, state: MDState, n_sys: int, config: MDConfig) -> tuple[MDState, int]:
     from mlff_distiller.data.hdf5 import Dataset
 
     with Dataset(path) as ds:

@@ -14,11 +14,19 @@ STUDENT_SIZES: dict[str, dict] = {
     "fast": {"hidden": 32, "n_interactions": 2, "n_rbf": 16, "cutoff": 4.5, "shared_filters": True},
     # the rMD17 recipe that reaches PaiNN's published ethanol accuracy
     "balanced": {
-        "hidden": 64, "n_interactions": 3, "n_rbf": 20, "cutoff": 5.0, "shared_filters": False,
+        "hidden": 64,
+        "n_interactions": 3,
+        "n_rbf": 20,
+        "cutoff": 5.0,
+        "shared_filters": False,
     },
     # the published PaiNN width
     "accurate": {
-        "hidden": 128, "n_interactions": 3, "n_rbf": 20, "cutoff": 5.0, "shared_filters": False,
+        "hidden": 128,
+        "n_interactions": 3,
+        "n_rbf": 20,
+        "cutoff": 5.0,
+        "shared_filters": False,
     },
 }
 RECOMMENDED_SIZE = "balanced"

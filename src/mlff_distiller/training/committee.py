@@ -76,7 +76,10 @@ def train_committee(
 def _member_config(config: TrainConfig, k: int) -> TrainConfig:
     split_seed = config.seed if config.split_seed < 0 else config.split_seed
     return dataclasses.replace(
-        config, seed=config.seed + k, split_seed=split_seed, out=str(member_dir(config.out, k)),
+        config,
+        seed=config.seed + k,
+        split_seed=split_seed,
+        out=str(member_dir(config.out, k)),
         committee=0,
     )
 

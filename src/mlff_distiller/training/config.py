@@ -104,12 +104,27 @@ class TrainConfig:
                 f"precision '{self.precision}' needs force_method 'autograd' (--force-method "
                 "autograd): the analytical force backward is written for one floating-point type"
             )
-        for name in ("train_size", "cutoff", "lr", "huber_delta", "batch_size", "val_batch_size",
-                     "max_epochs"):
+        for name in (
+            "train_size",
+            "cutoff",
+            "lr",
+            "huber_delta",
+            "batch_size",
+            "val_batch_size",
+            "max_epochs",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"config field '{name}' must be > 0, got {getattr(self, name)}")
-        for name in ("val_size", "energy_weight", "forces_weight", "weight_decay", "grad_clip",
-                     "warmup_steps", "max_time_min", "patience"):
+        for name in (
+            "val_size",
+            "energy_weight",
+            "forces_weight",
+            "weight_decay",
+            "grad_clip",
+            "warmup_steps",
+            "max_time_min",
+            "patience",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"config field '{name}' must be >= 0, got {getattr(self, name)}")
         if self.committee < 0 or self.committee == 1:
@@ -121,8 +136,10 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"config field 'ema_decay' must be in [0, 1), got {self.ema_decay}")
         if self.val_size == 0:
-            raise ValueError("config field 'val_size' must be > 0: early stopping and the best "
-                             "checkpoint need a validation split")
+            raise ValueError(
+                "config field 'val_size' must be > 0: early stopping and the best "
+                "checkpoint need a validation split"
+            )
 
     @property
     def out_dir(self) -> Path:

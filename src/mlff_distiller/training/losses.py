@@ -79,6 +79,9 @@ def distillation_loss(
     """
     e = energy_per_atom_mse(energy_pred, energy_ref, n_atoms)
     f_mse = forces_mse(forces_pred, forces_ref)
-    f = f_mse if force_loss == "mse" else forces_term(forces_pred, forces_ref, force_loss,
-                                                      huber_delta)
+    f = (
+        f_mse
+        if force_loss == "mse"
+        else forces_term(forces_pred, forces_ref, force_loss, huber_delta)
+    )
     return {"loss": energy_weight * e + forces_weight * f, "energy_mse": e, "forces_mse": f_mse}

@@ -86,8 +86,7 @@ class DistillationModule(L.LightningModule):
             window, self._window_sums = self._window_sums, None
             n = batch.n_systems
             self.log("train_loss", window[0] / window[2], prog_bar=True, batch_size=n)
-            self.log("train_force_rmse_step", (window[1] / window[2]).sqrt() * 1000.0,
-                     batch_size=n)
+            self.log("train_force_rmse_step", (window[1] / window[2]).sqrt() * 1000.0, batch_size=n)
             self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=n)
         return parts["loss"]
 
@@ -176,9 +175,7 @@ class DistillationModule(L.LightningModule):
         # the fused kernel updates every tensor in one op (about 5x less optimiser time for a
         # ~30-tensor student on a CPU thread); same update rule as the default loop
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused
-        )
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         if cfg.schedule == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience

@@ -208,9 +208,7 @@ def build_trainer(config: TrainConfig) -> L.Trainer:
     )
     callbacks: list = [checkpoint, last, *_progress_bar(config)]
     if config.patience > 0:
-        callbacks.append(
-            EarlyStopping(monitor=VAL_FORCE_MAE, mode="min", patience=config.patience)
-        )
+        callbacks.append(EarlyStopping(monitor=VAL_FORCE_MAE, mode="min", patience=config.patience))
     return L.Trainer(
         accelerator=accelerator,
         devices=devices,
