@@ -82,7 +82,7 @@ def train_networks(work: Path, mm_paths, qm_paths, quick: bool, epochs: int):
     robust = {"noise_positions": 0.01, "noise_velocities": 0.002}  # Å, Å/fs (H)
     mm_windows = work / "mm_windows.h5"
     if not mm_windows.exists():
-        build_windows(list(mm_paths.values()), mm_windows, ks=KS, stride=20 if quick else 10,
+        build_windows(list(mm_paths.values()), mm_windows, ks=KS, stride=20 if quick else 25,
                       fractions=(0.9, 0.1, 0.0))  # fmt: skip
     train = KStepWindows.from_file(mm_windows, "train", augment_rotations=True)
     val = KStepWindows.from_file(mm_windows, "val")
