@@ -82,7 +82,7 @@ def train_networks(work: Path, mm_paths, qm_paths, quick: bool, epochs: int):
     robust = {"noise_positions": 0.01, "noise_velocities": 0.002}  # Å, Å/fs (H)
     mm_windows = work / "mm_windows.h5"
     if not mm_windows.exists():
-        build_windows(list(mm_paths.values()), mm_windows, ks=KS, stride=20 if quick else 25,
+        build_windows(list(mm_paths.values()), mm_windows, ks=KS, stride=5 if quick else 6,
                       fractions=(0.9, 0.1, 0.0))  # fmt: skip
     train = KStepWindows.from_file(mm_windows, "train", augment_rotations=True)
     val = KStepWindows.from_file(mm_windows, "val")
@@ -96,7 +96,7 @@ def train_networks(work: Path, mm_paths, qm_paths, quick: bool, epochs: int):
     print(f"  {time.perf_counter() - t0:.0f} s; last epoch {mm.history[-1]}", flush=True)
     qm_windows = work / "qm_windows.h5"
     if not qm_windows.exists():
-        build_windows(list(qm_paths.values()), qm_windows, ks=KS, stride=4,
+        build_windows(list(qm_paths.values()), qm_windows, ks=KS, stride=1,
                       fractions=(1.0, 0.0, 0.0))  # fmt: skip
     qm_train = KStepWindows.from_file(qm_windows, "train", augment_rotations=True)
     t0 = time.perf_counter()
@@ -216,8 +216,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--replicas", type=int, default=8)
-    parser.add_argument("--mm-fs", type=float, default=4000.0, help="simulated time per run")
-    parser.add_argument("--xtb-fs", type=float, default=1500.0)
+    parser.add_argument("--mm-fs", type=float, default=3000.0, help="simulated time per run")
+    parser.add_argument("--xtb-fs", type=float, default=1000.0)
     parser.add_argument("--discard-fs", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("mm", "xtb", "both"), default="both")
@@ -230,8 +230,9 @@ def main() -> None:
     xtb_train = dict(list(XTB_TRAIN.items())[:2]) if quick else XTB_TRAIN
     if quick:
         args.replicas, args.mm_fs, args.xtb_fs, args.discard_fs = 2, 120.0, 60.0, 0.0
-    base = {"dt_fs": DT, "friction_per_ps": FRICTION, "save_every": 1, "constraints": "none"}
-    mm_cfg = SamplingConfig(production_fs=300.0 if quick else 2000.0, **base)
+    # frames 2 fs apart (every 4th step): every k of KS is a multiple of 4
+    base = {"dt_fs": DT, "friction_per_ps": FRICTION, "save_every": 4, "constraints": "none"}
+    mm_cfg = SamplingConfig(production_fs=300.0 if quick else 1500.0, **base)
     qm_cfg = SamplingConfig(production_fs=100.0 if quick else 1000.0, **base)
     t0 = time.perf_counter()
     print("sampling GAFF2 and GFN2-xTB reference MD (until each reaches 300 K) ...", flush=True)
