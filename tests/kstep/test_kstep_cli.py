@@ -30,14 +30,43 @@ def test_kstep_cli_end_to_end(gaff2_trajectories, tmp_path):
         app,
         ["kstep", "run", str(tmp_path / "run" / "best"), "--out", str(out),
          "--structure", str(gaff2_trajectories["methanol"]), "--corrector", "openmm-gaff2",
-         "--k", "4", "--cycles", "3"],
+         "--k", "4", "--cycles", "3", "--replicas", "2"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
+    assert "mean temperature" in r.output and "bath 300 K" in r.output
     with Dataset(out) as ds:
-        assert len(ds) == 4  # start + 3 cycles
-        assert float(ds.get_arrays(3)["time"]) == 3 * 5 * 0.5
+        assert len(ds) == 2 * 4  # two replicas: start + 3 cycles
+        assert float(ds.get_arrays(7)["time"]) == 3 * 5 * 0.5
+        settings = ds.attrs["kstep"]
+        settings = json.loads(settings) if isinstance(settings, str) else settings
+        assert ds.attrs["velocity_convention"] == "on-step"
+    assert settings["ensemble"] == "nvt" and settings["friction_per_ps"] == 1.0  # the default
     summary = json.loads(out.with_suffix(".json").read_text())
-    assert summary["cycles"] == 3 and summary["md_steps"] == 15
+    assert summary["cycles"] == 3 and summary["md_steps_per_structure"] == 15
+    assert summary["structures"] == 2 and set(summary["rejections"]) >= {"energy", "bond"}
+
+
+def test_the_default_run_mode_is_one_the_benchmark_measures():
+    """``mlffd kstep run``'s defaults (HybridConfig's) are a row of benchmarks/kstep.py: NVT,
+    k = 8, the benchmark's time step and friction."""
+    import importlib.util
+    import inspect
+    from pathlib import Path
+
+    from mlff_distiller.cli.kstep import run_command
+    from mlff_distiller.md.hybrid import HybridConfig
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "kstep.py"
+    spec = importlib.util.spec_from_file_location("bench_kstep", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    params = inspect.signature(run_command).parameters.values()
+    defaults = {p.name: p.default.default for p in params if hasattr(p.default, "default")}
+    config = HybridConfig()
+    assert (defaults["ensemble"], defaults["k"]) == (config.ensemble, config.k) == ("nvt", 8)
+    assert defaults["dt"] == config.dt_fs == bench.DT
+    assert defaults["friction"] == config.friction_per_ps == bench.FRICTION
+    assert config.k in bench.KS
 
 
 def test_kstep_cli_bad_input_is_one_clear_line(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -146,121 +145,132 @@ def run_command(
     out: Path = typer.Option(..., "--out", help="HDF5 trajectory to write"),
     smiles: str = typer.Option(None, help="molecule as SMILES (3D structure built by RDKit)"),
     structure: Path = typer.Option(None, help="or a structure file / trajectory (.h5)"),
-    frame: int = typer.Option(-1, help="frame of an .h5 structure file to start from"),
+    frame: int = typer.Option(-1, help="frame of a structure file to start from"),
     corrector: str = typer.Option(
-        "openmm-gaff2", help="openmm-gaff2, openmm-amber14, xtb, student"
+        "openmm-gaff2", help="openmm-gaff2, openmm-amber14, xtb, student or another teacher"
     ),
     student_model: Path = typer.Option(None, help="PaiNN student for --corrector student"),
+    ensemble: str = typer.Option("nvt", help="nvt (Langevin around the cycle) or nve"),
+    temperature: float = typer.Option(300.0, help="bath and start temperature, K"),
+    friction: float = typer.Option(1.0, help="NVT friction, 1/ps (keep <= 2)"),
+    rescale: bool = typer.Option(True, help="NVE: restore the total energy after each cycle"),
     k: int = typer.Option(8, help="MD steps per jump"),
     dt: float = typer.Option(0.5, help="MD time step, fs"),
-    cycles: int = typer.Option(100, help="hybrid cycles (k + 1 steps each)"),
-    temperature: float = typer.Option(300.0, help="Maxwell-Boltzmann start velocities, K"),
+    cycles: int = typer.Option(200, help="hybrid cycles (k + 1 steps each)"),
+    replicas: int = typer.Option(1, help="independent replicas, run as one batch"),
     fallback: str = typer.Option("physics", help="after the last retry: physics or stop"),
     max_attempts: int = typer.Option(3, help="jump attempts (scales 1, 0.8, 0.64, ...)"),
     energy_tol: float = typer.Option(
-        0.003, help="total-energy check after the corrector, eV/atom (0: off)"
+        0.01, help="integration-error check per cycle, eV/atom (0: off)"
     ),
-    energy_anchor: str = typer.Option("cycle", help="energy check against: cycle or start"),
-    compare: bool = typer.Option(False, help="also run plain MD and print the comparison"),
+    save_every: int = typer.Option(1, help="cycles between saved frames"),
+    compare: bool = typer.Option(
+        False, help="also run reference MD (2x the replicas) and compare the distributions"
+    ),
     seed: int = typer.Option(0),
 ) -> None:
-    """Hybrid MD: network jumps over k steps + one velocity-Verlet corrector step."""
-    from ase.data import atomic_masses
-
-    from mlff_distiller.data.hdf5 import DatasetWriter
-    from mlff_distiller.kstep.correctors import make_corrector
-    from mlff_distiller.kstep.integrator import HybridConfig, HybridIntegrator, IntegrationError
+    """Hybrid MD on the batched engine: network jumps over k steps + one engine step with the
+    corrector's forces; NVT by default. Prints the run summary (force calls, rejections by
+    reason, measured temperature) and writes it next to the trajectory (.json)."""
     from mlff_distiller.kstep.topology import molecule_topology
+    from mlff_distiller.md.forces import make_force_provider
+    from mlff_distiller.md.hybrid import HybridConfig, IntegrationError, run_hybrid
     from mlff_distiller.models.io import load_model
 
     with user_errors():
-        atoms, velocities = _start_state(smiles, structure, frame, temperature, seed)
+        atoms = _start_structure(smiles, structure, frame, seed)
         net = load_model(model)
         options = {"model": str(student_model)} if corrector == "student" else {}
-        if corrector == "openmm-gaff2" and smiles:
-            options["smiles"] = smiles
         config = HybridConfig(
-            k=k,
-            dt=dt,
-            fallback=fallback,
-            max_attempts=max_attempts,
-            energy_tol_per_atom=energy_tol if energy_tol > 0 else None,
-            energy_anchor=energy_anchor,
-        )
+            k=k, dt_fs=dt, ensemble=ensemble, temperature_k=temperature,
+            friction_per_ps=friction, rescale=rescale, fallback=fallback,
+            max_attempts=max_attempts, energy_tol_per_atom=energy_tol if energy_tol > 0 else None,
+            save_every=save_every, seed=seed,
+        )  # fmt: skip
+        if ensemble == "nvt" and friction > 2.0:
+            console.print(f"[yellow]friction {friction}/ps: above 2/ps a thermostat hides a "
+                          "heating network[/]")  # fmt: skip
         name = str(atoms.info.get("name") or atoms.get_chemical_formula())
         topo = molecule_topology(name, atoms.numbers, atoms.positions, smiles)
-        masses = atomic_masses[atoms.numbers]
+        structures = [atoms.copy() for _ in range(replicas)]
 
-        def fresh():
-            return make_corrector(corrector, atoms, **dict(options))
+        def provider(structs):
+            return make_force_provider(corrector, structs, **dict(options))
 
-        hybrid = HybridIntegrator(
-            net, fresh(), atoms.numbers, masses, topo.bonds, topo.bond_lengths, config
-        )
-        settings = {**asdict(config), "model": str(model)}
-        attrs = {"kstep": json.dumps(settings), "teacher": corrector}
-        with DatasetWriter(out, attrs=attrs) as writer:
-            try:
-                res = hybrid.run(
-                    atoms.positions, velocities, cycles, writer, molecule=name,
-                    smiles=smiles, progress=True,
-                )  # fmt: skip
-            except IntegrationError as err:
-                console.print(f"[red]{err}[/]")
-                res = err.result
-        summary = res.summary()
-        out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-        console.print(
-            f"{res.cycles} cycles, {res.md_steps} MD steps, {res.force_calls} force calls "
-            f"({res.md_steps / max(res.force_calls, 1):.2f} steps per call), {res.retries} "
-            f"retries, {res.fallbacks} fallbacks; wrote {out}"
-        )
+        try:
+            result = run_hybrid(net, provider(structures), structures, config, cycles,
+                                [topo] * replicas, out=out, provider_name=corrector)  # fmt: skip
+        except IntegrationError as err:
+            console.print(f"[red]{err}[/]")
+            result = err.result
+        summary = result.summary()
+        summary["target_temperature_k"] = temperature if ensemble == "nvt" else None
+        _print_summary(summary, config)
         if compare:
             from mlff_distiller.evaluation.kstep_eval import compare_hybrid_to_reference
 
-            cmp = compare_hybrid_to_reference(
-                net, fresh, atoms.numbers, masses, atoms.positions, velocities, topo, config,
-                cycles, molecule=name,
-            )  # fmt: skip
-            for key, value in cmp.to_dict().items():
-                console.print(f"{key:24s} {value}")
+            cmp = compare_hybrid_to_reference(net, provider, atoms, topo, config, cycles,
+                                              replicas=max(replicas, 2), molecule=name,
+                                              corrector=corrector)  # fmt: skip
+            summary["comparison"] = cmp.to_dict()
+            if cmp.distributions is not None:
+                console.print(cmp.distributions.table())
+            console.print(f"force calls reference/hybrid {cmp.force_call_ratio:.2f}, "
+                          f"wall-clock speed-up {cmp.speedup:.2f}")  # fmt: skip
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=float))
+        console.print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
-def _start_state(smiles, structure, frame, temperature, seed):
-    """(atoms, velocities Å/fs): from a trajectory frame with velocities, else Maxwell-Boltzmann
-    at ``temperature`` with no net momentum or rotation."""
+def _print_summary(summary: dict, config) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"k-step hybrid, k = {config.k}, {config.ensemble.upper()}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    target = summary.get("target_temperature_k")
+    measured = f"{summary['mean_temperature_k']:.1f} K"
+    rows = [
+        ("structures x cycles", f"{summary['structures']} x {summary['cycles']}"),
+        ("MD steps per structure", str(summary["md_steps_per_structure"])),
+        ("force calls (structure-calls)", str(summary["force_calls"])),
+        ("MD steps per force call", f"{summary['steps_per_force_call']:.2f}"),
+        ("mean temperature", measured + (f" (bath {target:.0f} K)" if target else "")),
+        ("retries / fallbacks", f"{summary['retries']} / {summary['fallbacks']}"),
+        ("rejections", ", ".join(f"{k} {v}" for k, v in summary["rejections"].items() if v)
+         or "none"),
+        ("raw energy error per cycle (median, eV/atom)",
+         f"{summary['raw_energy_error_ev_per_atom']['median']:.2e}"),
+        ("network / corrector ms per call",
+         f"{summary['network_ms_per_call']:.2f} / {summary['corrector_ms_per_call']:.2f}"),
+        ("wall clock", f"{summary['wall_seconds']:.1f} s"),
+    ]  # fmt: skip
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _start_structure(smiles, structure, frame, seed):
+    """The start structure, without velocities (each replica draws Maxwell-Boltzmann ones)."""
     import numpy as np
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
-
-    from mlff_distiller import keys, units
 
     if (smiles is None) == (structure is None):
         raise ValueError("give exactly one of --smiles or --structure")
-    velocities = None
     if smiles is not None:
         from mlff_distiller.data.structures import from_smiles
 
         atoms = from_smiles(smiles, seed=seed)[0]
+        atoms.info["smiles"] = smiles
     elif structure.suffix == ".h5":
         from mlff_distiller.data.hdf5 import Dataset
 
         with Dataset(structure) as ds:
-            arrays = ds.get_arrays(frame if frame >= 0 else len(ds) + frame)
             atoms = ds[frame if frame >= 0 else len(ds) + frame]
-        if keys.VELOCITIES in arrays:
-            velocities = np.asarray(arrays[keys.VELOCITIES], dtype=float)
     else:
         from mlff_distiller.data.structures import read_structures
 
         atoms = read_structures(structure, index=frame)[0]
-    if velocities is None:
-        MaxwellBoltzmannDistribution(
-            atoms, temperature_K=temperature, rng=np.random.default_rng(seed)
-        )
-        Stationary(atoms)
-        ZeroRotation(atoms)
-        velocities = units.velocities_ase_to_internal(atoms.get_velocities())
-    return atoms, velocities
+    atoms.set_momenta(np.zeros((len(atoms), 3)))
+    return atoms
 
 
 def register(app: typer.Typer) -> None:
