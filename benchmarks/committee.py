@@ -4,8 +4,10 @@ Per width (hidden 128 and 64, 3 blocks, 20 rbf, 5 Å), molecule (aspirin, 21 ato
 103 atoms) and eager/compiled: median ms per ``energy_and_forces`` call (neighbour list
 included, as in an MD step) of one PaiNN, and of a committee of ``--members`` as vmap over
 independent members, a loop over them (one neighbour list), and vmap over a readout ensemble
-(``shared="representation"``); each committee's ratio to the one student. float32; process CPU
-time with one thread (time descheduled by other jobs is not counted). The calls are interleaved.
+(``shared="representation"``), and the loop committee with ``check_every=4`` (member 0 drives,
+the committee runs every 4th call; timed as the mean over blocks of 4 calls, i.e. per MD step);
+each committee's ratio to the one student. float32; process CPU time with one thread (time
+descheduled by other jobs is not counted). The calls are interleaved.
 
     OMP_NUM_THREADS=1 python benchmarks/committee.py             # eager and compiled
     OMP_NUM_THREADS=1 python benchmarks/committee.py --modes eager --hidden 64
@@ -58,10 +60,22 @@ def models(hidden: int, members: int, compiled: bool) -> dict[str, torch.nn.Modu
     loop = copy.deepcopy(vmap)
     loop.vectorized = False
     readout = Committee(CommitteeConfig(members=members, painn=painn, shared="representation"))
-    out = {"one student": students[0], "vmap": vmap, "loop": loop, "readout ens.": readout}
+    every4 = copy.deepcopy(loop).set_check_every(4)
+    out = {"one student": students[0], "vmap": vmap, "loop": loop, "readout ens.": readout,
+           "check every 4": every4}  # fmt: skip
     for model in out.values():
         model.eval().compile_forces(compiled)
     return out
+
+
+def per_step(model, batch, block: int = 4):
+    """One call of a block of ``block`` consecutive MD-step calls, averaged (the cost per step)."""
+
+    def fn():
+        for _ in range(block):
+            model.energy_and_forces(batch)
+
+    return fn
 
 
 def main() -> None:
@@ -79,7 +93,8 @@ def main() -> None:
         batches[name] = AtomsBatch.from_arrays([atoms.numbers], [atoms.positions])
     print(f"committee of {args.members}; median ms per call (process CPU time, 1 thread)")
     cols = ["hidden", "molecule", "atoms", "mode", "one student", "vmap", "loop",
-            "readout ens.", "vmap/one", "loop/one", "readout/one"]  # fmt: skip
+            "readout ens.", "check every 4", "vmap/one", "loop/one", "readout/one",
+            "every4/one"]  # fmt: skip
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for compiled in [mode == "compiled" for mode in args.modes]:
         for hidden in args.hidden:
@@ -87,11 +102,14 @@ def main() -> None:
             for name, batch in batches.items():
                 fns = {k: functools.partial(m.energy_and_forces, batch)
                        for k, m in fns_models.items()}  # fmt: skip
+                fns["check every 4"] = per_step(fns_models["check every 4"], batch)
                 ms = interleaved_ms(fns, args.repeats, args.cell_seconds)
+                ms["check every 4"] /= 4
                 one = ms["one student"]
                 row = [hidden, name, batch.n_atoms, "compiled" if compiled else "eager"]
                 row += [f"{ms[k]:.2f}" for k in fns]
-                row += [f"{ms[k] / one:.2f}" for k in ("vmap", "loop", "readout ens.")]
+                row += [f"{ms[k] / one:.2f}"
+                        for k in ("vmap", "loop", "readout ens.", "check every 4")]  # fmt: skip
                 print("| " + " | ".join(str(v) for v in row) + " |", flush=True)
 
 

@@ -234,3 +234,24 @@ def test_compiled_vectorised_path_matches_eager(shared):
         assert compiled.compiled_forces  # no fallback to eager
         for key in eager:
             torch.testing.assert_close(out[key], eager[key], rtol=0, atol=1e-9)
+
+
+def test_check_every_n_drives_with_member_0_and_runs_the_committee_every_nth_call():
+    members = students(3)
+    committee = Committee.from_members(members).set_check_every(3)
+    batch = batch_of(ETHANOL, WATER)
+    own = members[0].energy_and_forces(batch)
+    full = Committee.from_members(members).energy_and_forces(batch)
+    seen = []
+    for call in range(7):
+        out = committee.energy_and_forces(batch)
+        seen.append(keys.MEMBER_FORCES in out)
+        torch.testing.assert_close(out[keys.FORCES], own[keys.FORCES], rtol=0, atol=1e-12)
+        torch.testing.assert_close(out[keys.ENERGY], own[keys.ENERGY], rtol=0, atol=1e-12)
+        # the uncertainty is the last full call's: here always the same structures
+        torch.testing.assert_close(
+            out[keys.STRUCTURE_UNCERTAINTY], full[keys.STRUCTURE_UNCERTAINTY], rtol=0, atol=1e-12
+        )
+    assert seen == [True, False, False, True, False, False, True]
+    with pytest.raises(ValueError, match="check_every"):
+        committee.set_check_every(0)

@@ -141,7 +141,9 @@ def train_command(
 
 @kstep_app.command("run")
 def run_command(
-    model: Path = typer.Argument(..., help="saved k-step model directory"),
+    model: Path = typer.Argument(
+        None, help="k-step model directory (default: the network shipped for the corrector)"
+    ),
     out: Path = typer.Option(..., "--out", help="HDF5 trajectory to write"),
     smiles: str = typer.Option(None, help="molecule as SMILES (3D structure built by RDKit)"),
     structure: Path = typer.Option(None, help="or a structure file / trajectory (.h5)"),
@@ -179,6 +181,14 @@ def run_command(
 
     with user_errors():
         atoms = _start_structure(smiles, structure, frame, seed)
+        if model is None:
+            from mlff_distiller.kstep.pretrained import check_range, pretrained_path
+
+            model = pretrained_path(corrector)
+            console.print(f"jump network: the pretrained one for {corrector} ({model.name})")
+            warning = check_range(k, dt)
+            if warning:
+                console.print(f"[yellow]{warning}[/]")
         net = load_model(model)
         options = {"model": str(student_model)} if corrector == "student" else {}
         config = HybridConfig(

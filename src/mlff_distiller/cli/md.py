@@ -46,6 +46,11 @@ def md(
     fallback_out: Path = typer.Option(
         None, help="HDF5 file for the teacher-labelled fallback frames (default: <out>.fallback.h5)"
     ),
+    check_every: int = typer.Option(
+        1,
+        help="committees: member 0 drives and the whole committee (uncertainty, fallback) runs "
+        "every N steps; per step a committee of M costs ~1 + (M - 1)/N students",
+    ),
     compile: bool = typer.Option(
         True,
         "--compile/--no-compile",
@@ -112,6 +117,7 @@ def md(
                 student,
                 structures,
                 config,
+                check_every=check_every,
                 out=out,
                 resume=resume,
                 compile=use_compile,

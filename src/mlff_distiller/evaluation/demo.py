@@ -56,6 +56,9 @@ class DemoConfig:
     md_fs: float = 1000.0
     md_dt_fs: float = 0.5
     md_temperature_k: float = 300.0
+    kstep_k: int = 8  # k-step stage: the shipped xTB jump network, the student as corrector
+    kstep_cycles: int = 100
+    kstep_replicas: int = 8
     seed: int = 0
     threads: int = 1
     out: str = "mlffd_demo"
@@ -260,6 +263,52 @@ def student_md(
     return results
 
 
+def kstep_stage(model_path: Path, test_h5: Path, cfg: DemoConfig, out: Path, say: Say) -> dict:
+    """Hybrid k-step NVT MD of the first molecule (``kstep_replicas`` replicas, the shipped xTB
+    jump network, the distilled student as corrector) against plain student BAOAB MD of twice
+    as many replicas from the same structure; returns the comparison (distributions included)
+    or ``{"skipped": why}``."""
+    from mlff_distiller.data.hdf5 import Dataset
+    from mlff_distiller.evaluation.kstep_eval import compare_hybrid_to_reference
+    from mlff_distiller.kstep.pretrained import pretrained_path
+    from mlff_distiller.kstep.topology import molecule_topology
+    from mlff_distiller.md.forces import make_force_provider
+    from mlff_distiller.md.hybrid import HybridConfig
+    from mlff_distiller.models.io import load_model
+
+    try:
+        network = load_model(pretrained_path("xtb")).double()
+    except FileNotFoundError as err:
+        say(f"k-step stage skipped: {err}")
+        return {"skipped": str(err)}
+    out.mkdir(parents=True, exist_ok=True)
+    with Dataset(test_h5) as ds:
+        atoms = ds[0]
+    name, smiles = cfg.names[0], cfg.smiles[0]
+    atoms.set_momenta(np.zeros((len(atoms), 3)))
+    topo = molecule_topology(f"demo-{name}", atoms.numbers, atoms.positions, smiles)
+    config = HybridConfig(k=cfg.kstep_k, dt_fs=cfg.md_dt_fs, temperature_k=cfg.md_temperature_k,
+                          seed=cfg.seed)  # fmt: skip
+
+    def provider(structures):
+        return make_force_provider("student", structures, model=str(model_path))
+
+    cmp = compare_hybrid_to_reference(
+        network, provider, atoms, topo, config, cfg.kstep_cycles, replicas=cfg.kstep_replicas,
+        discard_fs=0.2 * cfg.kstep_cycles * config.cycle_fs, molecule=name, corrector="student",
+    )  # fmt: skip
+    result = cmp.to_dict()
+    (out / "kstep.json").write_text(json.dumps(result, indent=2, default=float))
+    if cmp.distributions is not None:
+        cmp.distributions.plot(out / "kstep_distributions.png")
+        (out / "kstep_table.md").write_text(cmp.distributions.table() + "\n")
+    say(f"k-step {name}: {cmp.force_call_ratio:.2f}x fewer force calls, "
+        f"{cmp.hybrid['mean_temperature_k']:.0f} K hybrid vs "
+        f"{cmp.reference['mean_temperature_k']:.0f} K reference, "
+        f"{cmp.hybrid['fallbacks']} fallbacks")  # fmt: skip
+    return result
+
+
 def _plot_md(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -325,19 +374,19 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
     say = say or print
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    for stale in ("teacher_md", "train", "eval", "student_md"):  # a demo always starts fresh
+    for stale in ("teacher_md", "train", "eval", "student_md", "kstep"):  # always fresh
         shutil.rmtree(out / stale, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     clock = {}
     t0 = time.perf_counter()
 
-    say(f"[bold]1/4[/] teacher MD with {cfg.teacher} for {len(cfg.smiles)} molecule(s)")
+    say(f"[bold]1/5[/] teacher MD with {cfg.teacher} for {len(cfg.smiles)} molecule(s)")
     paths = sample_teacher(cfg, out, say)
     teacher_md = teacher_md_temperatures(paths)
     frames = split_trajectories(paths, cfg.test_fraction, out / "train.h5", out / "test.h5")
     clock["teacher_md_s"] = time.perf_counter() - t0
 
-    say(f"[bold]2/4[/] distilling a PaiNN student ({cfg.train_minutes:g} min budget)")
+    say(f"[bold]2/5[/] distilling a PaiNN student ({cfg.train_minutes:g} min budget)")
     t1 = time.perf_counter()
     train_cfg = TrainConfig(
         data=str(out / "train.h5"),
@@ -361,7 +410,7 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
     clock["training_s"] = time.perf_counter() - t1
     plot_training_curve(out / "train", out / "training_curve.png")
 
-    say("[bold]3/4[/] evaluating on held-out teacher frames")
+    say("[bold]3/5[/] evaluating on held-out teacher frames")
     t2 = time.perf_counter()
     metrics = evaluate_student(
         result.model_path,
@@ -373,10 +422,16 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
     )
     clock["evaluation_s"] = time.perf_counter() - t2
 
-    say(f"[bold]4/4[/] {cfg.md_fs:g} fs of student NVE MD through the ASE calculator")
+    say(f"[bold]4/5[/] {cfg.md_fs:g} fs of student NVE MD through the ASE calculator")
     t3 = time.perf_counter()
     md = student_md(Path(result.model_path), out / "test.h5", cfg, out / "student_md", say)
     clock["student_md_s"] = time.perf_counter() - t3
+
+    say(f"[bold]5/5[/] k-step hybrid MD (k = {cfg.kstep_k}, NVT): the shipped jump network, "
+        "the student as corrector, against plain student MD")  # fmt: skip
+    t4 = time.perf_counter()
+    kstep = kstep_stage(Path(result.model_path), out / "test.h5", cfg, out / "kstep", say)
+    clock["kstep_s"] = time.perf_counter() - t4
     clock["total_s"] = time.perf_counter() - t0
 
     report = {
@@ -392,6 +447,7 @@ def run_demo(cfg: DemoConfig, say: Say | None = None) -> dict:
         },
         "evaluation": metrics,
         "student_md": {k: {kk: vv for kk, vv in v.items() if kk != "curve"} for k, v in md.items()},
+        "kstep": kstep,
         "wall_clock": clock,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -417,6 +473,34 @@ def _teacher_temperature_lines(teacher_md: dict, requested: float) -> list[str]:
             f"| {name} | {target:g} | {'n/a' if measured is None else f'{measured:.0f}'} | {eq} |"
         )
     return [*lines, ""]
+
+
+def _kstep_lines(report: dict) -> list[str]:
+    ks = report.get("kstep") or {}
+    if not ks or "skipped" in ks:
+        return ["## k-step hybrid MD", "", f"Skipped: {ks.get('skipped', 'not run')}", ""]
+    h, r = ks["hybrid"], ks["reference"]
+    lines = [
+        f"## k-step hybrid MD ({ks['molecule']}, k = {ks['k']}, {ks['ensemble'].upper()}, "
+        f"{ks['replicas']} replicas, the student as corrector)",
+        "",
+        f"Force calls {ks['force_call_ratio']:.2f}x fewer than plain student MD for the same "
+        f"{ks['simulated_fs']:.0f} fs, wall clock {ks['speedup']:.2f}x (a student call is cheap: "
+        "the gain is for expensive correctors such as xTB); mean temperature "
+        f"{h['mean_temperature_k']:.0f} K (reference {r['mean_temperature_k']:.0f} K); "
+        f"{h['fallbacks']} fallbacks, rejections "
+        + (", ".join(f"{k} {v}" for k, v in h["rejections"].items() if v) or "none")
+        + ".",
+        "",
+    ]
+    if ks.get("distributions"):
+        lines += [
+            "Distances against the reference-vs-reference floor: `kstep/kstep_table.md`.",
+            "",
+            "![k-step distributions](kstep/kstep_distributions.png)",
+            "",
+        ]
+    return lines
 
 
 def render_report(report: dict) -> str:
@@ -493,10 +577,8 @@ def render_report(report: dict) -> str:
             f"| {m['teacher_force_mae_on_student_md_mev_per_a']:.1f} |"
         )
     clock = report["wall_clock"]
+    lines += ["", "![student MD energy](student_md/md_energy.png)", "", *_kstep_lines(report)]
     lines += [
-        "",
-        "![student MD energy](student_md/md_energy.png)",
-        "",
         "## Wall clock",
         "",
         " | ".join(f"{k.removesuffix('_s')}: {v:.0f} s" for k, v in clock.items()),

@@ -101,6 +101,7 @@ def run_md(
     teacher_fallback=None,
     max_uncertainty: float | None = None,
     fallback_out: str | Path | None = None,
+    check_every: int = 1,
 ) -> MDResult:
     """Advance all ``structures`` ``config.steps`` steps together.
 
@@ -115,6 +116,8 @@ def run_md(
     whose committee uncertainty exceeds ``max_uncertainty`` (eV/Å; ``model`` must be a committee,
     see :class:`~mlff_distiller.md.fallback.TeacherFallback`); those frames go to
     ``fallback_out`` with the teacher's labels, and ``MDResult.fallbacks`` counts them.
+    ``check_every`` (committees): member 0 drives and the whole committee (its uncertainty,
+    the fallback decision) runs every ``check_every`` steps (:attr:`Committee.check_every`).
     """
     import time
 
@@ -134,6 +137,10 @@ def run_md(
     compiled = resolve_compile(compile, config.forces, model_device(model))
     if hasattr(model, "compile_forces"):
         model.compile_forces(compiled)
+    if check_every != 1:
+        if not hasattr(model, "set_check_every"):
+            raise ValueError(f"check_every={check_every} needs a committee model")
+        model.set_check_every(check_every)
     n_sys = len(structures)
     names = [a.info.get("name") or a.get_chemical_formula() for a in structures]
     fallback = None
