@@ -188,3 +188,31 @@ def test_missing_velocity_convention_is_a_clear_error_and_can_be_given(tmp_path)
     assert ok.exit_code == 0, ok.output
     stored_cli = runner.invoke(app, [*args, "--as-stored"])
     assert stored_cli.exit_code == 0, stored_cli.output
+
+
+def test_reversed_windows_run_the_trajectory_backwards():
+    """A reversed window starts at (x_{t+k}, -v_{t+k}) and ends at (x_t, -v_t)."""
+    import numpy as np
+    import torch
+
+    from mlff_distiller.kstep.dataset import KStepWindows, MoleculeWindows
+
+    rng = np.random.default_rng(0)
+    n = 3
+    arrays = {name: rng.normal(size=(1, n, 3)) for name in ("x_t", "v_t", "f_t", "x_tk", "v_tk",
+                                                           "f_tk")}  # fmt: skip
+    mol = MoleculeWindows(
+        name="m", smiles="O", split="train", atomic_numbers=np.array([8, 1, 1]),
+        masses=np.array([16.0, 1.0, 1.0]), bonds=np.zeros((0, 2), int),
+        angles=np.zeros((0, 3), int), dihedrals=np.zeros((0, 4), int),
+        k=np.array([4]), dt=np.array([0.5]), **arrays,
+    )  # fmt: skip
+    forward = KStepWindows([mol], centre=False)
+    backward = KStepWindows([mol], centre=False, reverse_time=1.0)
+    (fi, _), (bi, bt) = next(forward.batches(1)), next(backward.batches(1))
+    t = torch.float32
+    torch.testing.assert_close(bi.positions, torch.as_tensor(arrays["x_tk"][0], dtype=t))
+    torch.testing.assert_close(bi.velocities, -torch.as_tensor(arrays["v_tk"][0], dtype=t))
+    torch.testing.assert_close(bi.positions + bt.delta_positions, fi.positions)
+    torch.testing.assert_close(bi.velocities + bt.delta_velocities, -fi.velocities)
+    torch.testing.assert_close(bt.forces, fi.forces)
