@@ -233,7 +233,7 @@ def main() -> None:
     # frames 2 fs apart (every 4th step): every k of KS is a multiple of 4
     base = {"dt_fs": DT, "friction_per_ps": FRICTION, "save_every": 4, "constraints": "none"}
     mm_cfg = SamplingConfig(production_fs=300.0 if quick else 1500.0, **base)
-    qm_cfg = SamplingConfig(production_fs=100.0 if quick else 1000.0, **base)
+    qm_cfg = SamplingConfig(production_fs=100.0 if quick else 500.0, equilibration_fs=500.0, **base)
     t0 = time.perf_counter()
     print("sampling GAFF2 and GFN2-xTB reference MD (until each reaches 300 K) ...", flush=True)
     mm_paths = sample_all({**mm_train, **GAFF2_HELD_OUT}, "openmm-gaff2", work, mm_cfg)

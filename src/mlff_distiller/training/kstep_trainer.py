@@ -1,51 +1,87 @@
-"""Training loop of the k-step jump networks (EGNN, Transformer-EGNN).
+"""Training of the k-step jump networks (EGNN, Transformer-EGNN) on the Lightning stack of
+distillation.
 
-A plain PyTorch loop rather than the distillation Lightning module: the k-step batches are
-``(KStepInput, KStepTargets)`` pairs, not ``AtomsBatch`` energies/forces, and everything the
-brief asks for (AdamW, linear warm-up then cosine via the shared :class:`warmup_cosine`,
-gradient clipping and accumulation, bf16 autocast on GPU, checkpoints and resume, transfer
-learning) fits in one short module. Data come from any object with
-``batches(batch_size, shuffle, seed) -> Iterator[(KStepInput, KStepTargets)]`` and ``len()``
-(e.g. :class:`mlff_distiller.kstep.dataset.KStepWindows`).
+:func:`train_kstep` runs a ``lightning.pytorch.Trainer`` on :class:`~mlff_distiller.training.
+kstep_module.KStepModule` (loss, AdamW, warm-up + cosine, optional EMA) and :class:`~mlff_distiller.
+training.kstep_datamodule.KStepDataModule` (window batches with random rotations and optional
+input noise), with the pieces of :mod:`mlff_distiller.training.trainer`: the ``best``/``last``
+checkpoint callbacks, the crash-safe checkpoint I/O that reads with ``weights_only=True``, the
+progress bar, and the export of the best checkpoint as safetensors + JSON. Gradient clipping
+(by norm), accumulation and bf16 autocast (``precision`` "auto": on a GPU only) are Lightning's.
 
-Noise augmentation (``noise_positions`` Å, ``noise_velocities`` Å/fs for a hydrogen atom,
-scaled by ``sqrt(m_H / m)`` for heavier atoms so that every atom gets the same kinetic-energy
-noise): each training batch's ``x_t, v_t`` are perturbed by fresh Gaussian noise (centre-of-mass
-and momentum free) while the targets stay the true ``x_{t+k}, v_{t+k}``, so the network learns
-to pull a state that left the data manifold back onto it, as the hybrid MD needs after a slightly
-wrong jump (:func:`perturb_windows`).
+Transfer learning (``init_from`` + ``freeze_layers``): the run starts from a saved k-step model
+(e.g. trained on MM windows) with its embeddings and first layers frozen (e.g. to fine-tune on
+QM windows); frozen weights are not in the optimiser and stay bit for bit unchanged.
 
-Checkpoints (``out_dir/checkpoint/``): the model as ``model.safetensors`` + ``config.json``
-(:func:`mlff_distiller.models.io.save_model`), ``trainer_state.json`` (epoch, step, history,
-config) and ``optimizer.pt`` (optimizer and scheduler state dicts, plain tensors, read back
-with ``weights_only=True``). The best model by validation loss goes to ``out_dir/best/``.
+Output directory (``out_dir``)::
+
+    checkpoint/last.ckpt   written atomically after every epoch (``resume=True`` reads it)
+    checkpoint/best.ckpt   lowest validation loss so far (training loss without validation)
+    best/                  the best model: model.safetensors + config.json (models.io.load_model;
+                           the EMA weights when ``ema_decay`` > 0)
+    logs/version_k/        CSV metrics
+
+Checkpoints hold only tensors and plain Python values (the history of the run and the
+network's architecture and configuration included, so that a resume needs nothing else) and
+are read back with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from mlff_distiller.models.io import load_model, save_model
-from mlff_distiller.models.kstep_common import KStepInput
-from mlff_distiller.training.kstep_losses import KStepLossWeights, KStepTargets, kstep_loss
-from mlff_distiller.training.module import warmup_cosine
+from mlff_distiller.models.io import load_model
+from mlff_distiller.training.kstep_datamodule import (
+    HYDROGEN_MASS,
+    KStepDataModule,
+    WindowSource,
+    perturb_windows,
+)
+from mlff_distiller.training.kstep_losses import KStepLossWeights
+from mlff_distiller.training.kstep_module import (
+    CHECKPOINT_KEY,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    KStepModule,
+    build_jump_network,
+    freeze_first_layers,
+    kstep_architectures,
+)
+from mlff_distiller.training.trainer import (
+    LAST_CHECKPOINT_NAME,
+    AtomicCheckpointIO,
+    checkpoint_callbacks,
+    export_checkpoint,
+    load_checkpoint,
+    progress_bar_callbacks,
+    quiet_lightning,
+)
 
+__all__ = [
+    "HYDROGEN_MASS",
+    "KStepTrainConfig",
+    "KStepTrainResult",
+    "WindowSource",
+    "build_kstep_model",
+    "fit_kstep",
+    "freeze_first_layers",
+    "perturb_windows",
+    "train_kstep",
+]
 
-class WindowSource(Protocol):
-    def __len__(self) -> int: ...
-
-    def batches(
-        self, batch_size: int, shuffle: bool = False, seed: int = 0
-    ) -> Iterator[tuple[KStepInput, KStepTargets]]: ...
+CHECKPOINT_DIR = "checkpoint"  # out_dir/checkpoint/{last,best}.ckpt
+BEST_DIR = "best"  # out_dir/best: the exported best model
 
 
 @dataclass
@@ -71,6 +107,7 @@ class KStepTrainConfig:
     freeze_layers: int = 0  # with init_from: freeze the embedding and the first N layers
     noise_positions: float = 0.0  # Å, std of the Gaussian noise on x_t (training batches)
     noise_velocities: float = 0.0  # Å/fs for hydrogen (x sqrt(m_H / m)), on v_t
+    ema_decay: float = 0.0  # > 0: validate and export an EMA of the weights (as distillation)
 
     def __post_init__(self) -> None:
         if self.architecture not in ("egnn", "transformer_egnn"):
@@ -87,6 +124,8 @@ class KStepTrainConfig:
             raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if self.noise_positions < 0 or self.noise_velocities < 0:
             raise ValueError("noise_positions and noise_velocities must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         KStepLossWeights(**self.loss)  # fail early on unknown loss names
 
 
@@ -104,109 +143,68 @@ def build_kstep_model(config: KStepTrainConfig) -> nn.Module:
     """A fresh model, or ``init_from`` loaded (transfer learning) with layers frozen."""
     if config.init_from:
         model = load_model(config.init_from)
-        if model.architecture not in ("egnn", "transformer_egnn"):
+        if model.architecture not in kstep_architectures():
             raise ValueError(f"{config.init_from} is not a k-step model ({model.architecture})")
         model.float().train()
         freeze_first_layers(model, config.freeze_layers)
         return model
-    if config.architecture == "egnn":
-        from mlff_distiller.models.egnn import EGNNConfig, EGNNJump
-
-        return EGNNJump(EGNNConfig(**config.model))
-    from mlff_distiller.models.transformer_egnn import TransformerEGNNConfig, TransformerEGNNJump
-
-    return TransformerEGNNJump(TransformerEGNNConfig(**config.model))
+    return build_jump_network(config.architecture, config.model)
 
 
-def freeze_first_layers(model: nn.Module, n_layers: int) -> list[str]:
-    """Freeze the input embeddings and the first ``n_layers`` message-passing layers (and their
-    attention blocks). Returns the frozen parameter names."""
-    if n_layers <= 0:
-        return []
-    if n_layers > len(model.layers):
-        raise ValueError(f"cannot freeze {n_layers} layers of a {len(model.layers)}-layer model")
-    prefixes = ["embed.", "vec_in.", "element_embedding."]
-    prefixes += [f"layers.{i}." for i in range(n_layers)]
-    prefixes += [f"attention.{i}." for i in range(n_layers)]
-    frozen = []
-    for name, p in model.named_parameters():
-        if any(name.startswith(pre) for pre in prefixes):
-            p.requires_grad_(False)
-            frozen.append(name)
-    return frozen
+def _resumed_model(checkpoint: dict, config: KStepTrainConfig) -> nn.Module:
+    """The network of a checkpoint (weights restored by Lightning), frozen as the run was."""
+    saved = checkpoint[CHECKPOINT_KEY]
+    model = build_jump_network(saved["architecture"], saved["model_config"]).float().train()
+    freeze_first_layers(model, config.freeze_layers if config.init_from else 0)
+    return model
 
 
-HYDROGEN_MASS = 1.008  # amu
+def _accelerator(device: str) -> tuple[str, int | list[int]]:
+    """Lightning (accelerator, devices) of ``device``: auto, cpu, cuda, cuda:N, ..."""
+    if device == "auto":
+        return ("gpu", 1) if torch.cuda.is_available() else ("cpu", 1)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "gpu", [dev.index or 0]
+    return dev.type, 1
 
 
-def _momentum_free(noise: torch.Tensor, masses: torch.Tensor, inp: KStepInput) -> torch.Tensor:
-    """Remove each molecule's mass-weighted mean from ``noise`` (n_atoms, 3)."""
-    n = inp.n_systems
-    m = masses[:, None]
-    total_m = torch.zeros(n, 1, dtype=m.dtype, device=m.device).index_add(0, inp.system_idx, m)
-    mean = torch.zeros(n, 3, dtype=m.dtype, device=m.device).index_add(0, inp.system_idx, m * noise)
-    return noise - (mean / total_m)[inp.system_idx]
+def _precision(config: KStepTrainConfig, accelerator: str) -> str:
+    """auto: bf16 autocast on a GPU, fp32 elsewhere; "32"; "bf16" (autocast, also on a CPU)."""
+    if config.precision == "bf16" or (config.precision == "auto" and accelerator == "gpu"):
+        return "bf16-mixed"
+    return "32-true"
 
 
-def perturb_windows(
-    inp: KStepInput,
-    tgt: KStepTargets,
-    noise_positions: float,
-    noise_velocities: float,
-    generator: torch.Generator | None = None,
-    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[KStepInput, KStepTargets]:
-    """Noisy starts, unchanged ends: ``x_t + e_x``, ``v_t + e_v`` and targets
-    ``delta - e`` so that ``x_t + delta_x`` and ``v_t + delta_v`` are still the true
-    ``x_{t+k}``, ``v_{t+k}``. ``e`` is Gaussian (or the unit ``noise`` pair given, (n_atoms, 3)
-    each, scaled here), without centre-of-mass shift or momentum; velocity noise per atom is
-    ``noise_velocities * sqrt(m_H / m)``. The forces at ``x_t`` are kept (a first-order error
-    of ``F'(x) e_x``, small for noise well below bond-length fluctuations)."""
-    x, v = inp.positions, inp.velocities
-    if noise is None:
-        noise = (
-            torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device),
-            torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device),
-        )
-    masses = inp.masses.to(x.dtype)
-    e_x = _momentum_free(noise_positions * noise[0], masses, inp)
-    e_v = _momentum_free(
-        noise_velocities * torch.sqrt(HYDROGEN_MASS / masses)[:, None] * noise[1], masses, inp
+def build_kstep_trainer(
+    config: KStepTrainConfig, max_epochs: int, validate: bool, progress: bool
+) -> L.Trainer:
+    """The Lightning ``Trainer`` of a k-step run (checkpoints as in distillation)."""
+    quiet_lightning()
+    out = Path(config.out_dir)
+    accelerator, devices = _accelerator(config.device)
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        precision=_precision(config, accelerator),
+        max_epochs=max_epochs,
+        accumulate_grad_batches=config.accumulate,
+        gradient_clip_val=config.grad_clip if config.grad_clip > 0 else None,
+        gradient_clip_algorithm="norm",
+        callbacks=[
+            *checkpoint_callbacks(out / CHECKPOINT_DIR, VAL_LOSS if validate else TRAIN_LOSS),
+            *progress_bar_callbacks(progress),
+        ],
+        logger=CSVLogger(out, name="logs"),
+        plugins=[AtomicCheckpointIO()],
+        limit_val_batches=1.0 if validate else 0,
+        use_distributed_sampler=False,  # the data module draws each epoch's batches itself
+        inference_mode=False,
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
     )
-    new_inp = KStepInput(**{**inp.__dict__, "positions": x + e_x, "velocities": v + e_v})
-    new_tgt = KStepTargets(
-        **{
-            **tgt.__dict__,
-            "delta_positions": tgt.delta_positions - e_x,
-            "delta_velocities": tgt.delta_velocities - e_v,
-        }
-    )
-    return new_inp, new_tgt
-
-
-def _device(config: KStepTrainConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
-
-
-def evaluate_kstep(
-    model: nn.Module, data: WindowSource, batch_size: int, weights: KStepLossWeights, device
-) -> dict[str, float]:
-    """Mean loss parts over ``data`` (weighted by windows)."""
-    model.eval()
-    sums: dict[str, float] = {}
-    count = 0
-    with torch.no_grad():
-        for inp, tgt in data.batches(batch_size, shuffle=False):
-            inp, tgt = inp.to(device), tgt.to(device)
-            total, parts = kstep_loss(model(inp), inp.positions, tgt, weights, inp)
-            n = inp.n_systems
-            for key, value in {"loss": total.detach(), **parts}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * n
-            count += n
-    model.train()
-    return {key: value / max(count, 1) for key, value in sums.items()}
 
 
 def train_kstep(
@@ -219,116 +217,79 @@ def train_kstep(
 ) -> KStepTrainResult:
     """Train (or resume) a k-step model; returns where the best model is.
 
+    ``resume=True`` continues from ``out_dir/checkpoint/last.ckpt`` (weights, optimiser,
+    schedule, EMA, history, epoch counter); without one the run starts fresh.
     ``stop_after_epochs``: end this call after that many epochs (a later ``resume=True`` call
     continues on the same schedule, exactly as if it had not stopped)."""
-    torch.manual_seed(config.seed)
+    return fit_kstep(config, train_data, val_data, resume, progress, stop_after_epochs)[0]
+
+
+def fit_kstep(
+    config: KStepTrainConfig,
+    train_data: WindowSource,
+    val_data: WindowSource | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    stop_after_epochs: int | None = None,
+) -> tuple[KStepTrainResult, KStepModule]:
+    """:func:`train_kstep`, also returning the Lightning module, which holds the best
+    checkpoint's weights (``module.eval_model()`` is the exported model)."""
     start = time.perf_counter()
     out = Path(config.out_dir)
-    ckpt = out / "checkpoint"
-    device = _device(config)
-    weights = KStepLossWeights(**config.loss)
-    if len(train_data) == 0:
-        raise ValueError("no training windows: check the window file's train split and k values")
-
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val": math.inf, "history": []}
-    if resume and (ckpt / "trainer_state.json").is_file():
-        model = load_model(ckpt).float().train()
-        freeze_first_layers(model, config.freeze_layers if config.init_from else 0)
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+    last = out / CHECKPOINT_DIR / f"{LAST_CHECKPOINT_NAME}.ckpt"
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = KStepDataModule(
+        train_data,
+        val_data,
+        config.batch_size,
+        config.seed,
+        config.noise_positions,
+        config.noise_velocities,
+    )
+    ckpt_path, epochs_before = None, 0
+    if resume and last.is_file():
+        checkpoint = load_checkpoint(last)
+        model = _resumed_model(checkpoint, config)
+        ckpt_path = str(last)
+        epochs_before = len(checkpoint[CHECKPOINT_KEY]["history"])
+        del checkpoint
     else:
+        if resume and (out / CHECKPOINT_DIR / "trainer_state.json").is_file():
+            print(
+                f"--resume: {out / CHECKPOINT_DIR} is a checkpoint of the former k-step trainer, "
+                "which this one cannot continue; starting fresh",
+                file=sys.stderr,
+            )
         model = build_kstep_model(config)
-    model.to(device).train()
-
-    steps_per_epoch = math.ceil(math.ceil(len(train_data) / config.batch_size) / config.accumulate)
-    total_steps = max(steps_per_epoch * config.epochs, 1)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = warmup_cosine(config.warmup_steps, total_steps, config.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    if resume and (ckpt / "optimizer.pt").is_file():
-        saved = torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    last_epoch = config.epochs
+    batches = math.ceil(len(train_data) / config.batch_size)
+    total_steps = max(math.ceil(batches / config.accumulate) * config.epochs, 1)
+    module = KStepModule(
+        model,
+        KStepLossWeights(**config.loss),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        total_steps=total_steps,
+        min_lr_ratio=config.min_lr_ratio,
+        ema_decay=config.ema_decay,
+    )
+    max_epochs = config.epochs
     if stop_after_epochs is not None:
-        last_epoch = min(last_epoch, int(state["epoch"]) + stop_after_epochs)
-    epochs = range(int(state["epoch"]), last_epoch)
-    if progress:
-        from rich.progress import track
+        max_epochs = min(max_epochs, epochs_before + stop_after_epochs)
+    trainer = build_kstep_trainer(config, max_epochs, data.has_validation, progress)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
-        epochs = track(epochs, description="k-step training")
-    for epoch in epochs:
-        sums, n_seen = {}, 0
-        optimizer.zero_grad(set_to_none=True)
-        batches = list(
-            train_data.batches(config.batch_size, shuffle=True, seed=config.seed + epoch)
-        )
-        noisy = config.noise_positions > 0 or config.noise_velocities > 0
-        noise_rng = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        for i, (inp, tgt) in enumerate(batches):
-            if noisy:
-                inp, tgt = perturb_windows(
-                    inp, tgt, config.noise_positions, config.noise_velocities, noise_rng
-                )
-            inp, tgt = inp.to(device), tgt.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                outputs = model(inp)
-            outputs = {k: v.float() for k, v in outputs.items()}
-            loss, parts = kstep_loss(outputs, inp.positions, tgt, weights, inp)
-            (loss / config.accumulate).backward()
-            last = i == len(batches) - 1
-            if (i + 1) % config.accumulate == 0 or last:
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-            for key, value in {"loss": loss.detach(), **parts}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * inp.n_systems
-            n_seen += inp.n_systems
-        record = {f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()}
-        record["epoch"] = epoch + 1
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        if val_data is not None and len(val_data):
-            val = evaluate_kstep(model, val_data, config.batch_size, weights, device)
-            record.update({f"val_{k}": v for k, v in val.items()})
-        monitored = record.get("val_loss", record["train_loss"])
-        if monitored < state["best_val"]:
-            state["best_val"] = monitored
-            save_model(model, out / "best")
-        state["epoch"] = epoch + 1
-        state["history"].append(record)
-        _save_checkpoint(ckpt, model, optimizer, scheduler, state, config)
-    return KStepTrainResult(
+    best = trainer.checkpoint_callback.best_model_path or str(last)
+    export_checkpoint(module, best, out / BEST_DIR)
+    best_record = load_checkpoint(best)[CHECKPOINT_KEY]["history"][-1]
+    result = KStepTrainResult(
         out_dir=out,
-        best_model=out / "best",
-        epochs_done=int(state["epoch"]),
-        best_val_loss=float(state["best_val"]),
-        history=state["history"],
+        best_model=out / BEST_DIR,
+        epochs_done=int(trainer.current_epoch),
+        best_val_loss=float(best_record.get(VAL_LOSS, best_record[TRAIN_LOSS])),
+        history=list(module.history),
         seconds=time.perf_counter() - start,
     )
-
-
-def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, state: dict, config) -> None:
-    """Write the checkpoint into a temporary directory, then swap it in (crash-safe)."""
-    import shutil
-
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        tmp / "optimizer.pt",
-    )
-    (tmp / "trainer_state.json").write_text(
-        json.dumps({**state, "config": asdict(config)}, indent=2, default=str)
-    )
-    old = ckpt.with_name(ckpt.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt.exists():
-        ckpt.rename(old)
-    tmp.rename(ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    return result, module

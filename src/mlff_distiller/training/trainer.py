@@ -167,30 +167,26 @@ def warm_start(model: PaiNN, path: str | Path) -> None:
     model.load_state_dict(source.to(next(model.parameters()).dtype).state_dict())
 
 
-def _progress_bar(config: TrainConfig) -> list:
-    if not config.progress_bar:
+def progress_bar_callbacks(enabled: bool) -> list:
+    """The progress bar of a run: rich on a terminal, tqdm otherwise, none when disabled."""
+    if not enabled:
         return []
     if sys.stdout.isatty():
         return [RichProgressBar(leave=True)]
     return [TQDMProgressBar(refresh_rate=20)]
 
 
-def build_trainer(config: TrainConfig) -> L.Trainer:
-    """The Lightning ``Trainer`` of a run: checkpoints, early stopping, loggers, DDP."""
-    # Lightning's info lines (accelerator summary, a logging-service advert) are noise in our
-    # CLI: the run's own summary states the device and why training stopped.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    # small datasets (active learning's first rounds) have fewer batches than the logging
-    # interval; the per-epoch training RMSE is logged regardless
-    warnings.filterwarnings("ignore", message=r"The number of training batches .* logging")
-    out = config.out_dir
-    accelerator = _accelerator(config)
-    precision = _precision(config, accelerator)
-    strategy, devices, nodes = _distributed(accelerator)
+def _progress_bar(config: TrainConfig) -> list:
+    return progress_bar_callbacks(config.progress_bar)
+
+
+def checkpoint_callbacks(dirpath: str | Path, monitor: str) -> list[ModelCheckpoint]:
+    """``best.ckpt`` (lowest ``monitor`` so far) and ``last.ckpt`` (after every epoch's
+    validation) in ``dirpath``; the first is ``trainer.checkpoint_callback``."""
     checkpoint = ModelCheckpoint(
-        dirpath=out / CHECKPOINT_DIR,
+        dirpath=dirpath,
         filename="best",
-        monitor=VAL_FORCE_MAE,
+        monitor=monitor,
         mode="min",
         save_top_k=1,
         auto_insert_metric_name=False,
@@ -199,14 +195,47 @@ def build_trainer(config: TrainConfig) -> L.Trainer:
     # Lightning's save_last writes last.ckpt only when a better checkpoint is saved; a second
     # callback writes it after every validation, so a kill loses at most one epoch
     last = ModelCheckpoint(
-        dirpath=out / CHECKPOINT_DIR,
+        dirpath=dirpath,
         filename=LAST_CHECKPOINT_NAME,
         monitor=None,
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks: list = [checkpoint, last, *_progress_bar(config)]
+    return [checkpoint, last]
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's info lines and the small-dataset logging-interval warning."""
+    # Lightning's info lines (accelerator summary, a logging-service advert) are noise in our
+    # CLI: the run's own summary states the device and why training stopped.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # small datasets (active learning's first rounds) have fewer batches than the logging
+    # interval; the per-epoch training RMSE is logged regardless
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* logging")
+
+
+def export_checkpoint(module: L.LightningModule, checkpoint: str | Path, model_dir: str | Path):
+    """Load ``checkpoint``'s weights (``weights_only=True``) into ``module`` and save its
+    ``eval_model()`` (the EMA copy when there is one) to ``model_dir`` as safetensors + JSON.
+    Returns the exported model (on the CPU)."""
+    module.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+    final = module.eval_model().to("cpu")
+    save_model(final, model_dir)
+    return final
+
+
+def build_trainer(config: TrainConfig) -> L.Trainer:
+    """The Lightning ``Trainer`` of a run: checkpoints, early stopping, loggers, DDP."""
+    quiet_lightning()
+    out = config.out_dir
+    accelerator = _accelerator(config)
+    precision = _precision(config, accelerator)
+    strategy, devices, nodes = _distributed(accelerator)
+    callbacks: list = [
+        *checkpoint_callbacks(out / CHECKPOINT_DIR, VAL_FORCE_MAE),
+        *_progress_bar(config),
+    ]
     if config.patience > 0:
         callbacks.append(EarlyStopping(monitor=VAL_FORCE_MAE, mode="min", patience=config.patience))
     return L.Trainer(
@@ -273,10 +302,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     best = checkpoint_cb.best_model_path or str(last)
     result = None
     if trainer.is_global_zero:
-        state = load_checkpoint(best)["state_dict"]
-        module.load_state_dict(state)
-        final = module.eval_model().to("cpu")
-        save_model(final, out / MODEL_DIR)
+        export_checkpoint(module, best, out / MODEL_DIR)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         result = TrainResult(
             out_dir=str(out),
