@@ -21,6 +21,13 @@ ENERGY = "energy"
 FREE_ENERGY = "free_energy"
 FORCES = "forces"
 STRESS = "stress"
+# a few rows of the Hessian d2E/dx_i dx (eV/Å^2) per structure (Hessian-informed distillation):
+# HESSIAN_INDEX (n_systems, r) int64, which rows: flat coordinate i = 3 * atom + axis of the
+# structure's own atoms, -1 = no row (padding); HESSIAN_ROWS (n_atoms, r, 3): for atom a of
+# structure s, HESSIAN_ROWS[a, k] = d2E / dx_i dx_a (x_a the 3 coordinates of atom a), i.e.
+# the row i of the structure's (3N, 3N) Hessian laid out per atom; zeros where the index is -1
+HESSIAN_INDEX = "hessian_index"
+HESSIAN_ROWS = "hessian_rows"
 # uncertainty of a committee (models.committee): per-member forces (n_members, n_atoms, 3) eV/Å,
 # per-atom force uncertainty (n_atoms,) eV/Å = RMS over members of |F_m - F_mean|, and the
 # per-structure uncertainty (n_systems,) eV/Å = the largest per-atom value of the structure

@@ -81,7 +81,7 @@ def test_resume_matches_an_uninterrupted_run(windows, tmp_path):
     )
     a, b = _last(tmp_path / "a"), _last(tmp_path / "b")
     assert a["global_step"] == b["global_step"] == 2 * 2  # 4 batches / accumulate 2, 2 epochs
-    assert any(key.startswith("ema.") for key in a["state_dict"])
+    assert int(a["state_dict"]["ema.n_updates"]) == a["global_step"]  # once per optimiser step
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(value, b["state_dict"][key], atol=1e-6, rtol=1e-5)
     opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
@@ -115,6 +115,22 @@ def test_transfer_learning_freezes_first_layers(windows, tmp_path):
     # only the trainable weights are in the optimiser
     n_trainable = sum(1 for name in before if not name.startswith(frozen))
     assert len(_last(tmp_path / "qm")["optimizer_states"][0]["state"]) <= n_trainable
+
+
+def test_a_former_checkpoint_starts_fresh(windows, tmp_path, capsys):
+    train, val = windows
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "trainer_state.json").write_text("{}")  # the hand-rolled loop's
+    res = train_kstep(_cfg(tmp_path, epochs=1, device="cpu"), train, val, resume=True)
+    assert "starting fresh" in capsys.readouterr().err
+    assert res.epochs_done == 1 and len(res.history) == 1
+
+
+def test_bf16_autocast_trains(windows, tmp_path):
+    train, val = windows
+    res = train_kstep(_cfg(tmp_path, epochs=1, precision="bf16", device="cpu"), train, val)
+    assert all(torch.isfinite(torch.tensor(v)) for v in res.history[0].values())
+    assert load_model(res.best_model).embed.weight.dtype == torch.float32
 
 
 _trap_fired = []

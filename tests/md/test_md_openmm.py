@@ -249,7 +249,7 @@ def solvated(tmp_path_factory):
     pure = ff.createSystem(
         top, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False, removeCMMotion=False
     )
-    _, alone = make_gaff2(cache_dir=str(cache)).build_system(ethanol)
+    _, alone = make_gaff2(charge_method="gas", cache_dir=str(cache)).build_system(ethanol)
     positions = np.concatenate([ethanol.positions, waters])
     return ethanol, top, positions, pure, alone
 

@@ -79,6 +79,9 @@ def train_command(
     accumulate: int = typer.Option(1, help="gradient accumulation steps"),
     grad_clip: float = typer.Option(1.0),
     augment: bool = typer.Option(True, help="random rotations of training windows"),
+    reverse_time: float = typer.Option(
+        0.0, help="probability of serving a training window time-reversed (0: never)"
+    ),
     precision: str = typer.Option("auto", help="auto (bf16 on GPU), 32 or bf16"),
     device: str = typer.Option("auto"),
     init_from: Path = typer.Option(None, help="k-step model to fine-tune (MM -> QM transfer)"),
@@ -128,7 +131,9 @@ def train_command(
             freeze_layers=freeze_layers,
         )
         ks = k or None
-        train = KStepWindows.from_file(windows, "train", augment_rotations=augment, ks=ks)
+        train = KStepWindows.from_file(
+            windows, "train", augment_rotations=augment, ks=ks, reverse_time=reverse_time
+        )
         val = KStepWindows.from_file(windows, "val", ks=ks)
         console.print(f"{len(train)} training and {len(val)} validation windows")
         result = train_kstep(config, train, val, resume=resume, progress=True)

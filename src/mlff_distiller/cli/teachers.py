@@ -221,16 +221,32 @@ def register(app: typer.Typer) -> None:
         teacher_option: list[str] = typer.Option(
             None, "--teacher-option", "-O", help="KEY=VALUE for the teacher (repeat)"
         ),
+        hessian_rows: int = typer.Option(
+            0,
+            "--hessian-rows",
+            help="random Hessian rows per structure (Hessian-informed distillation; 0: none)",
+        ),
+        hessian_method: str = typer.Option(
+            "auto",
+            "--hessian-method",
+            help="'auto' (autograd for torch teachers, else finite differences), 'fd', 'autograd'",
+        ),
+        hessian_delta: float = typer.Option(
+            1e-3, "--hessian-delta", help="finite-difference displacement, Å"
+        ),
+        hessian_seed: int = typer.Option(0, "--hessian-seed", help="seed of the rows chosen"),
     ) -> None:
-        """Label every structure of DATASET with a teacher (energy, forces); failures are
-        recorded with their reason; a killed run resumes without relabelling."""
+        """Label every structure of DATASET with a teacher (energy, forces, optionally a few
+        Hessian rows); failures are recorded with their reason; a killed run resumes without
+        relabelling."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         from mlff_distiller.data.hdf5 import Dataset
-        from mlff_distiller.teachers.labelling import label_dataset
+        from mlff_distiller.teachers.labelling import HessianOptions, label_dataset
 
         with user_errors():
             options = parse_options(teacher_option)
+            hessian = HessianOptions(hessian_rows, hessian_delta, hessian_seed, hessian_method)
             with Dataset(dataset) as ds:
                 n = len(ds)
             with Progress(
@@ -250,10 +266,11 @@ def register(app: typer.Typer) -> None:
                     address=address,
                     chunk_size=chunk_size,
                     on_progress=lambda k: bar.advance(task, k),
+                    hessian=hessian,
                 )
             console.print(
                 f"{summary.n_labelled} labelled now, {summary.n_skipped} already done, "
-                f"{len(summary.failures)} failed -> {out}"
+                f"{len(summary.failures)} failed, {summary.teacher_calls} teacher calls -> {out}"
             )
             for f in summary.failures[:10]:
                 console.print(f"[red]failed[/] #{f['index']} {f['name']}: {f['reason']}")

@@ -38,6 +38,8 @@ HELP = {
     "huber_delta": "Huber loss threshold, eV/Å (force_loss 'huber')",
     "force_method": "forces in the loss: 'analytical' (hand-derived backward, recorded by "
     "autograd) or 'autograd' (double backward); the same gradients",
+    "hessian_weight": "weight of the Hessian-row MSE, (eV/Å^2)^2 (0: off); needs a dataset "
+    "labelled with Hessian rows (mlffd label --hessian-rows R); trains through autograd",
     "compile": "torch.compile the analytical energy+forces of each step (compiles for about "
     "half a minute; about 2x faster steps on a CPU for small molecules)",
     "lr": "peak learning rate (AdamW)",

@@ -83,8 +83,9 @@ class AtomsBatch:
     ) -> AtomsBatch:
         """Build a batch from per-structure arrays (``positions[i]``: (n_i, 3)).
 
-        Per-atom labels (``forces``, ``velocities``) are concatenated; per-structure labels
-        (``energy``, ``stress``) are stacked.
+        Per-atom labels (``forces``, ``velocities``, ``hessian_rows``) are concatenated;
+        per-structure labels (``energy``, ``stress``, ``hessian_index``) are stacked;
+        ``hessian_index`` stays int64, other labels take ``dtype``.
         """
         n = len(atomic_numbers)
         counts = [len(z) for z in atomic_numbers]
@@ -108,7 +109,8 @@ class AtomsBatch:
             arrays = [np.asarray(v) for v in values]
             per_atom = arrays[0].ndim >= 1 and key in PER_ATOM_KEYS
             joined = np.concatenate(arrays) if per_atom else np.stack(arrays)
-            out[key] = torch.as_tensor(joined, dtype=dtype, device=device)
+            kind = torch.int64 if key in INTEGER_KEYS else dtype
+            out[key] = torch.as_tensor(joined, dtype=kind, device=device)
         return cls(z, pos, sys_idx, cell, pbc, out)
 
     @classmethod
@@ -132,7 +134,10 @@ class AtomsBatch:
         )
 
 
-PER_ATOM_KEYS = frozenset({keys.FORCES, keys.VELOCITIES, keys.POSITIONS, keys.MASSES})
+INTEGER_KEYS = frozenset({keys.HESSIAN_INDEX})
+PER_ATOM_KEYS = frozenset(
+    {keys.FORCES, keys.VELOCITIES, keys.POSITIONS, keys.MASSES, keys.HESSIAN_ROWS}
+)
 
 
 def _stored_result(atoms: Atoms, key: str):

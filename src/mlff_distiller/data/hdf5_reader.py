@@ -230,6 +230,11 @@ class Dataset:
             results[keys.STRESS] = arr[keys.STRESS]
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
+        if keys.HESSIAN_INDEX in arr:  # as (r,) indices and (r, 3N) rows, as written
+            from mlff_distiller.data.hdf5_writer import rows_matrix
+
+            atoms.info[keys.HESSIAN_INDEX] = np.asarray(arr[keys.HESSIAN_INDEX])
+            atoms.info[keys.HESSIAN_ROWS] = rows_matrix(arr[keys.HESSIAN_ROWS])
         for key in (keys.NAME, keys.SMILES, keys.MOLECULE_ID):
             if arr.get(key) not in (None, ""):
                 atoms.info[key] = arr[key]
@@ -250,8 +255,9 @@ class Dataset:
         """Structures ``indices`` (in the given order) as one :class:`AtomsBatch`.
 
         ``labels``: keys to include (default: every label the file stores, i.e. energy,
-        forces, stress). Trajectory fields (``velocities``, ``time``, ...) may be asked for.
-        Shapes: per-atom labels (n_atoms, ...), per-structure labels (n_systems, ...).
+        forces, stress, Hessian rows). Trajectory fields (``velocities``, ``time``, ...) may be
+        asked for. Shapes: per-atom labels (n_atoms, ...), per-structure labels
+        (n_systems, ...); floating labels in ``dtype``, integer ones (``hessian_index``) int64.
         """
         arrays = self.read_many(indices, labels)
         counts = arrays.pop(keys.N_ATOMS)
@@ -267,7 +273,10 @@ class Dataset:
         pos = f(arrays.pop(keys.POSITIONS))
         cell = f(arrays.pop(keys.CELL))
         pbc = torch.as_tensor(arrays.pop(keys.PBC), dtype=torch.bool, device=device)
-        out = {k: f(v) for k, v in arrays.items()}
+        out = {
+            k: torch.as_tensor(v.astype(np.int64), device=device) if v.dtype.kind in "iu" else f(v)
+            for k, v in arrays.items()
+        }
         return AtomsBatch(z, pos, sys_idx, cell, pbc, out)
 
     def read_many(

@@ -128,7 +128,8 @@ class DatasetWriter:
         Labels come from ``atoms.calc.results`` (``energy``, ``forces``, ``stress``);
         velocities (converted to Å/fs) when ``with_velocities`` (default: when the atoms carry
         momenta); ``info["time"]`` (fs), ``info["kinetic_energy"]``,
-        ``info["potential_energy"]`` (eV), ``info["charge"]``. The molecule name is
+        ``info["potential_energy"]`` (eV), ``info["charge"]``, ``info["hessian_index"]`` and
+        ``info["hessian_rows"]`` (see :meth:`append_frame`). The molecule name is
         ``molecule``, else ``info["name"]``, else the chemical formula.
         """
         frames = [atoms] if isinstance(atoms, Atoms) else list(atoms)
@@ -153,11 +154,15 @@ class DatasetWriter:
         molecule: str | None = None,
         smiles: str | None = None,
         charge: int | None = None,
+        hessian_index=None,
+        hessian_rows=None,
     ) -> None:
         """Append one frame from raw arrays in internal units.
 
         ``atomic_numbers``: (n,), ``positions``/``forces``/``velocities`` (Å/fs): (n, 3),
         ``cell``: (3, 3) (zeros when None), ``pbc``: (3,), ``stress``: (3, 3) or Voigt (6,).
+        ``hessian_index`` (r,) and ``hessian_rows`` (r, 3n) eV/Å^2 (or per atom (n, r, 3)):
+        rows ``i`` of the Hessian d2E/dx_i dx (index -1 with a zero row: no row).
         """
         z = np.asarray(atomic_numbers, dtype=np.int32).reshape(-1)
         frame = {
@@ -173,6 +178,8 @@ class DatasetWriter:
             keys.KINETIC_ENERGY: kinetic_energy,
             keys.POTENTIAL_ENERGY: potential_energy,
             "charge": charge,
+            keys.HESSIAN_INDEX: hessian_index,
+            keys.HESSIAN_ROWS: hessian_rows,
             keys.NAME: molecule or _formula(z),
             keys.SMILES: smiles or "",
         }
@@ -215,7 +222,7 @@ class DatasetWriter:
         frames, self._pending, self._pending_atoms = self._pending, [], 0
         present = {k for k in _OPTIONAL if frames[0][k] is not None}
         if self._fields is None:
-            self._create_datasets(present)
+            self._create_datasets(present, frames[0])
         for i, fr in enumerate(frames):
             have = {k for k in _OPTIONAL if fr[k] is not None}
             if have != self._fields:
@@ -229,6 +236,15 @@ class DatasetWriter:
                     + f"but this file stores {sorted(self._fields)}; every frame must carry "
                     "the same labels"
                 )
+            for key in _VARIABLE_TAIL & have:
+                ds = self._h5[FIELDS[key].path]
+                tail = fr[key].shape[1:] if FIELDS[key].per_atom else fr[key].shape
+                if tail != ds.shape[1:]:
+                    raise DatasetError(
+                        f"{self.path}: frame {self._n_structures + i} has {key} of shape "
+                        f"{fr[key].shape} but this file stores {ds.shape[1:]} per row; every "
+                        "frame must carry the same number of Hessian rows (pad with index -1)"
+                    )
         mol_ids = np.array([self._molecule_id(fr) for fr in frames], dtype=np.int32)
         h5 = self._h5
         n_new_atoms = sum(len(fr[keys.ATOMIC_NUMBERS]) for fr in frames)
@@ -261,19 +277,23 @@ class DatasetWriter:
         _write_rows(self._h5[f"{MOLECULES}/smiles"], mid, np.array([smiles]))
         return mid
 
-    def _create_datasets(self, optional: set[str]) -> None:
+    def _create_datasets(self, optional: set[str], first: dict) -> None:
+        """Create the datasets; a variable tail (Hessian rows) takes the first frame's size."""
         h5 = self._h5
         for key in (*_REQUIRED_DATA, keys.N_ATOMS, keys.MOLECULE_ID, *sorted(optional)):
             f = FIELDS[key]
             rows = ATOM_CHUNK_ROWS if f.per_atom else STRUCTURE_CHUNK_ROWS
             if f.path in h5:
                 continue
+            tail = f.tail
+            if key in _VARIABLE_TAIL:
+                tail = first[key].shape[1:] if f.per_atom else first[key].shape
             h5.require_group(f.group).create_dataset(
                 f.name,
-                shape=(0, *f.tail),
-                maxshape=(None, *f.tail),
+                shape=(0, *tail),
+                maxshape=(None, *tail),
                 dtype=f.dtype,
-                chunks=(rows, *f.tail),
+                chunks=(rows, *tail),
             )
         mol = h5.require_group(MOLECULES)
         for name, width in (("names", MOLECULE_NAME_BYTES), ("smiles", MOLECULE_SMILES_BYTES)):
@@ -316,7 +336,10 @@ _OPTIONAL = (
     keys.TIME,
     keys.KINETIC_ENERGY,
     keys.POTENTIAL_ENERGY,
+    keys.HESSIAN_INDEX,
+    keys.HESSIAN_ROWS,
 )
+_VARIABLE_TAIL = frozenset(k for k, f in FIELDS.items() if None in f.tail)
 
 
 def committed_counts_or_zero(h5) -> tuple[int, int]:
@@ -359,13 +382,54 @@ def _normalise(frame: dict, index: int) -> dict:
         arr = np.asarray(frame[key], dtype=f.dtype)
         if key == keys.STRESS and arr.shape == (6,):
             arr = voigt_6_to_full_3x3_stress(arr)
-        expected = ((n,) if f.per_atom else ()) + f.tail
-        if arr.shape != expected:
+        if key == keys.HESSIAN_ROWS and arr.ndim == 2:  # (r, 3n) rows -> per atom (n, r, 3)
+            arr = rows_per_atom(arr, n, label)
+        got = arr.shape[1:] if f.per_atom else arr.shape
+        if (f.per_atom and arr.shape[:1] != (n,)) or not f.tail_matches(got):
+            want = tuple("r" if t is None else t for t in f.tail)
+            expected = ((n,) if f.per_atom else ()) + want
             raise DatasetError(f"{label}: {key} has shape {arr.shape}, expected {expected}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise DatasetError(f"{label}: {key} holds NaN/inf")
         out[key] = arr
+    _check_hessian_pair(out, n, label)
     return out
+
+
+def rows_per_atom(rows: np.ndarray, n_atoms: int, label: str = "frame") -> np.ndarray:
+    """Hessian rows (r, 3n) -> the per-atom layout of the file (n, r, 3)."""
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or rows.shape[1] != 3 * n_atoms:
+        raise DatasetError(
+            f"{label}: hessian_rows has shape {rows.shape}, expected (r, {3 * n_atoms}) "
+            f"(3 * n_atoms columns)"
+        )
+    return np.ascontiguousarray(rows.reshape(len(rows), n_atoms, 3).transpose(1, 0, 2))
+
+
+def rows_matrix(per_atom: np.ndarray) -> np.ndarray:
+    """The per-atom layout (n, r, 3) -> Hessian rows (r, 3n) (inverse of :func:`rows_per_atom`)."""
+    per_atom = np.asarray(per_atom)
+    n, r = per_atom.shape[:2]
+    return np.ascontiguousarray(per_atom.transpose(1, 0, 2).reshape(r, 3 * n))
+
+
+def _check_hessian_pair(frame: dict, n: int, label: str) -> None:
+    index, rows = frame.get(keys.HESSIAN_INDEX), frame.get(keys.HESSIAN_ROWS)
+    if index is None and rows is None:
+        return
+    if index is None or rows is None:
+        raise DatasetError(f"{label}: give both hessian_index and hessian_rows, or neither")
+    if rows.shape[1] != len(index):
+        raise DatasetError(
+            f"{label}: hessian_index names {len(index)} rows but hessian_rows holds {rows.shape[1]}"
+        )
+    if len(index) and (index.min() < -1 or index.max() >= 3 * n):
+        raise DatasetError(
+            f"{label}: hessian_index {index.tolist()} out of range: -1 (none) or 0..{3 * n - 1}"
+        )
+    if np.any(rows[:, index < 0] != 0.0):
+        raise DatasetError(f"{label}: a padded Hessian row (index -1) must be all zeros")
 
 
 def _frame_from_atoms(atoms: Atoms, molecule: str | None, with_velocities: bool | None) -> dict:
@@ -390,6 +454,8 @@ def _frame_from_atoms(atoms: Atoms, molecule: str | None, with_velocities: bool 
         keys.KINETIC_ENERGY: info.get(keys.KINETIC_ENERGY),
         keys.POTENTIAL_ENERGY: info.get(keys.POTENTIAL_ENERGY),
         "charge": None if charge is None else int(charge),
+        keys.HESSIAN_INDEX: info.get(keys.HESSIAN_INDEX),
+        keys.HESSIAN_ROWS: info.get(keys.HESSIAN_ROWS),
         keys.NAME: molecule or info.get(keys.NAME) or atoms.get_chemical_formula(),
         keys.SMILES: info.get(keys.SMILES) or "",
     }

@@ -19,15 +19,19 @@ are rows ``offsets[i]:offsets[i+1]`` of every per-atom dataset, ``offsets = cums
     labels/energy               [S]              float64  eV
     labels/forces               [N_total, 3]     float64  eV/Å
     labels/stress               [S, 3, 3]        float64  eV/Å^3, optional
+    labels/hessian_index        [S, r]           int64    optional: rows of the Hessian given
+                                                          (flat coordinate 3*atom+axis, -1: none)
+    labels/hessian_rows         [N_total, r, 3]  float64  eV/Å^2, those rows laid out per atom
     trajectory/velocities       [N_total, 3]     float64  Å/fs
     trajectory/time             [S]              float64  fs
     trajectory/kinetic_energy   [S]              float64  eV
     trajectory/potential_energy [S]              float64  eV
     splits/<name>/{train,val,test}  index arrays (see :mod:`mlff_distiller.data.splits`)
 
-All datasets are chunked and resizable. The root attribute ``n_structures`` is written last
-after each append (a commit marker): a reader uses only the first ``n_structures`` rows, so
-a writer killed mid-append leaves a readable file.
+``r`` (Hessian rows per structure) is fixed per file by its first frame (frames with fewer rows
+pad with index -1 and zero rows). All datasets are chunked and resizable. The root attribute
+``n_structures`` is written last after each append (a commit marker): a reader uses only the
+first ``n_structures`` rows, so a writer killed mid-append leaves a readable file.
 """
 
 from __future__ import annotations
@@ -66,13 +70,19 @@ class Field:
     group: str
     name: str
     per_atom: bool
-    tail: tuple[int, ...]
+    tail: tuple[int | None, ...]  # None: any size, fixed per file by its first frame
     dtype: str
     required: bool = False
 
     @property
     def path(self) -> str:
         return f"{self.group}/{self.name}"
+
+    def tail_matches(self, tail: tuple[int, ...]) -> bool:
+        """Whether ``tail`` (a shape after the row axis) fits this field's ``tail``."""
+        return len(tail) == len(self.tail) and all(
+            want is None or want == got for want, got in zip(self.tail, tail)
+        )
 
 
 STRUCTURES, LABELS, TRAJECTORY, MOLECULES, SPLITS = (
@@ -96,6 +106,8 @@ FIELDS: dict[str, Field] = {
         Field(keys.ENERGY, LABELS, "energy", False, (), "float64"),
         Field(keys.FORCES, LABELS, "forces", True, (3,), "float64"),
         Field(keys.STRESS, LABELS, "stress", False, (3, 3), "float64"),
+        Field(keys.HESSIAN_INDEX, LABELS, "hessian_index", False, (None,), "int64"),
+        Field(keys.HESSIAN_ROWS, LABELS, "hessian_rows", True, (None, 3), "float64"),
         Field(keys.VELOCITIES, TRAJECTORY, "velocities", True, (3,), "float64"),
         Field(keys.TIME, TRAJECTORY, "time", False, (), "float64"),
         Field(keys.KINETIC_ENERGY, TRAJECTORY, "kinetic_energy", False, (), "float64"),
@@ -111,6 +123,7 @@ UNITS = {
     keys.ENERGY: "eV",
     keys.FORCES: "eV/Å",
     keys.STRESS: "eV/Å³",
+    keys.HESSIAN_ROWS: "eV/Å²",
     keys.VELOCITIES: "Å/fs",
     keys.TIME: "fs",
     keys.KINETIC_ENERGY: "eV",
@@ -259,19 +272,21 @@ def validate(path: str | Path, check_values: bool = True) -> dict:
             ds = h5[f.path]
             rows = n_total if f.per_atom else s
             what = "sum(n_atoms)" if f.per_atom else "n_structures"
-            if tuple(ds.shape[1:]) != f.tail or ds.shape[0] != rows:
+            if not f.tail_matches(tuple(ds.shape[1:])) or ds.shape[0] != rows:
                 hint = ""
-                if ds.shape[0] > rows and tuple(ds.shape[1:]) == f.tail:
+                if ds.shape[0] > rows and f.tail_matches(tuple(ds.shape[1:])):
                     hint = (
                         " (rows beyond the commit marker: a writer was interrupted; "
                         "open it with DatasetWriter(path, mode='a') to repair)"
                     )
+                want = tuple("r" if t is None else t for t in f.tail)
                 raise DatasetError(
                     f"{path}: dataset '{f.path}' has shape {ds.shape}, expected "
-                    f"{(rows, *f.tail)} ({what} = {rows}){hint}"
+                    f"{(rows, *want)} ({what} = {rows}){hint}"
                 )
             if check_values:
                 _check_values(path, f, ds)
+        _check_hessian(path, h5, n_atoms, check_values)
         n_mol = _check_molecules(path, h5, s) if s else len(h5.get(f"{MOLECULES}/names", []))
         for name, group in h5[SPLITS].items() if SPLITS in h5 else []:
             for part, idx in group.items():
@@ -298,6 +313,33 @@ def _check_values(path: Path, f: Field, ds, chunk_rows: int = 1 << 18) -> None:
         elif block.dtype.kind == "f" and not np.isfinite(block).all():
             row = start + int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(1))[0])
             raise DatasetError(f"{path}: dataset '{f.path}' holds NaN/inf (first at row {row})")
+
+
+def _check_hessian(path: Path, h5, n_atoms: np.ndarray, check_values: bool) -> None:
+    """Hessian rows come as a pair (index, rows) with the same ``r``; indices in [-1, 3N)."""
+    index_f, rows_f = FIELDS[keys.HESSIAN_INDEX], FIELDS[keys.HESSIAN_ROWS]
+    have = [f.path in h5 for f in (index_f, rows_f)]
+    if not any(have):
+        return
+    if not all(have):
+        missing = index_f.path if not have[0] else rows_f.path
+        raise DatasetError(f"{path}: Hessian labels without dataset '{missing}'")
+    r_index, r_rows = h5[index_f.path].shape[1], h5[rows_f.path].shape[1]
+    if r_index != r_rows:
+        raise DatasetError(
+            f"{path}: '{index_f.path}' has {r_index} rows per structure but "
+            f"'{rows_f.path}' {r_rows}"
+        )
+    if not check_values or not len(n_atoms):
+        return
+    index = np.asarray(h5[index_f.path][: len(n_atoms)])
+    bad = (index < -1) | (index >= 3 * n_atoms[:, None])
+    if bad.any():
+        s = int(np.flatnonzero(bad.any(1))[0])
+        raise DatasetError(
+            f"{path}: dataset '{index_f.path}' of structure {s} holds {index[s].tolist()}; "
+            f"indices must be -1 (none) or in [0, 3 * n_atoms = {3 * int(n_atoms[s])})"
+        )
 
 
 def _check_molecules(path: Path, h5, s: int) -> int:

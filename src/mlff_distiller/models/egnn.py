@@ -117,12 +117,14 @@ class EGNNLayer(nn.Module):
         m = self.phi_e(edge_in) * envelope[:, None]  # (E, H)
 
         coef = self.phi_x(m)  # (E, C)
-        vec_msg = torch.zeros_like(vec).index_add_(0, receivers, u * coef[:, :, None])
+        vec_msg = torch.zeros_like(vec).index_add_(
+            0, receivers, (u * coef[:, :, None]).to(vec.dtype)
+        )
         gate = 1.0 + self.phi_v(h)  # (n, C)
         vec = gate[:, :, None] * vec + vec_msg * inv_degree[:, :, None]
         vec = self.mix(vec.transpose(1, 2)).transpose(1, 2)
 
-        agg = torch.zeros_like(h).index_add_(0, receivers, m) * inv_degree
+        agg = torch.zeros_like(h).index_add_(0, receivers, m.to(h.dtype)) * inv_degree
         sq = (vec * vec).sum(-1)
         h = self.norm(h + self.phi_h(torch.cat([h, agg, sq], -1)))
         return h, vec

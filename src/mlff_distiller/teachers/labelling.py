@@ -7,6 +7,13 @@ failed with its reason, first in ``OUT.failures.jsonl`` (one JSON line per failu
 in order with the frames, so that ``committed frames + failures`` is how far a killed run got),
 and at the end also in the HDF5 file as ``failures/input_index`` and ``failures/reason``.
 
+Hessian-informed distillation (:class:`HessianOptions`, ``hessian_rows_per_frame`` > 0): every
+frame also gets ``r`` random rows of the teacher's Hessian (seeded by the input index, so a
+resumed or parallel run picks the same rows), by autograd for torch teachers or by central
+differences of the forces (2 force calls per row) for any other; the file records how
+(root attribute ``hessian_labels``) and what it cost (``teacher_calls_per_frame``), and
+:class:`LabelSummary` counts the teacher calls of the run.
+
 On Ray every worker is an actor that builds the teacher once and labels chunks of structures.
 """
 
@@ -25,6 +32,59 @@ from ase import Atoms
 from mlff_distiller import keys
 from mlff_distiller.teachers.base import TeacherCalculator, TeacherError, UnsupportedElementError
 
+HESSIAN_ATTR = "hessian_labels"
+
+
+@dataclass(frozen=True)
+class HessianOptions:
+    """Hessian rows per frame: ``rows_per_frame`` random rows (0: none), central differences
+    with ``delta`` Å where needed, rows seeded by ``(seed, input index)``; ``method`` "auto"
+    (autograd for torch teachers, else finite differences), "fd" or "autograd"."""
+
+    rows_per_frame: int = 0
+    delta: float = 1e-3
+    seed: int = 0
+    method: str = "auto"
+
+    def __post_init__(self) -> None:
+        from mlff_distiller.teachers.hessian import HESSIAN_METHODS
+
+        if self.rows_per_frame < 0:
+            raise ValueError(f"hessian rows per frame must be >= 0, got {self.rows_per_frame}")
+        if not self.delta > 0:
+            raise ValueError(f"hessian finite-difference delta must be > 0, got {self.delta}")
+        if self.method not in HESSIAN_METHODS:
+            raise ValueError(f"hessian method must be one of {HESSIAN_METHODS}: {self.method!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rows_per_frame > 0
+
+    def resolved(self, teacher) -> HessianOptions:
+        """A copy whose ``method`` is what "auto" means for ``teacher`` ("fd" or "autograd")."""
+        from mlff_distiller.teachers.hessian import resolve_method
+
+        if not self.enabled:
+            return self
+        return HessianOptions(
+            self.rows_per_frame, self.delta, self.seed, resolve_method(teacher, self.method)
+        )
+
+    def attrs(self) -> dict:
+        """Root attributes of a file labelled with these options (none when disabled)."""
+        from mlff_distiller.teachers.hessian import calls_per_row
+
+        if not self.enabled:
+            return {}
+        value = {
+            "rows_per_frame": self.rows_per_frame,
+            "method": self.method,
+            "delta_a": self.delta if self.method == "fd" else None,
+            "seed": self.seed,
+            "teacher_calls_per_frame": 1 + calls_per_row(self.method) * self.rows_per_frame,
+        }
+        return {HESSIAN_ATTR: value}
+
 
 @dataclass
 class LabelSummary:
@@ -35,6 +95,9 @@ class LabelSummary:
     n_skipped: int
     failures: list[dict] = field(default_factory=list)  # {"index", "name", "reason"}
     out_path: Path | None = None
+    teacher_calls: int = 0
+    """Teacher calls of this run: 1 energy+forces call per structure tried, plus 2 force calls
+    (finite differences) or 1 backward pass (autograd) per Hessian row labelled."""
 
 
 def failures_path(out_path: str | Path) -> Path:
@@ -69,8 +132,12 @@ def frame_arrays(ds, i: int) -> dict[str, Any]:
     }
 
 
-def label_one(teacher: TeacherCalculator, frame: dict[str, Any]) -> dict[str, Any]:
-    """Energy and forces of one frame, or ``{"error": reason}`` if the teacher cannot do it."""
+def label_one(
+    teacher: TeacherCalculator, frame: dict[str, Any], hessian: HessianOptions | None = None
+) -> dict[str, Any]:
+    """Energy and forces of one frame (and its Hessian rows when ``hessian`` is enabled; its
+    method resolved), or ``{"error": reason}`` if the teacher cannot do it. ``teacher_calls``:
+    what it cost."""
     atoms = Atoms(
         numbers=frame[keys.ATOMIC_NUMBERS],
         positions=frame[keys.POSITIONS],
@@ -85,12 +152,32 @@ def label_one(teacher: TeacherCalculator, frame: dict[str, Any]) -> dict[str, An
         energy = float(atoms.get_potential_energy())
         forces = np.array(atoms.get_forces(), dtype=np.float64)
     except (TeacherError, UnsupportedElementError, ValueError) as err:
-        return {"index": frame["index"], "error": str(err)}
-    return {"index": frame["index"], keys.ENERGY: energy, keys.FORCES: forces}
+        return {"index": frame["index"], "error": str(err), "teacher_calls": 1}
+    out = {"index": frame["index"], keys.ENERGY: energy, keys.FORCES: forces, "teacher_calls": 1}
+    if hessian is not None and hessian.enabled:
+        from mlff_distiller.teachers.hessian import calls_per_row, frame_rows, hessian_rows
+
+        rows = frame_rows(len(atoms), hessian.rows_per_frame, hessian.seed, frame["index"])
+        out["teacher_calls"] += calls_per_row(hessian.method) * int((rows >= 0).sum())
+        try:
+            values = hessian_rows(atoms, teacher, rows, hessian.delta, hessian.method)
+        except (TeacherError, UnsupportedElementError, ValueError) as err:
+            return {"index": frame["index"], "error": f"Hessian rows: {err}", **_calls(out)}
+        if not np.all(np.isfinite(values)):
+            reason = "Hessian rows: the teacher gave non-finite forces near this structure"
+            return {"index": frame["index"], "error": reason, **_calls(out)}
+        out[keys.HESSIAN_INDEX], out[keys.HESSIAN_ROWS] = rows, values
+    return out
 
 
-def label_chunk(teacher: TeacherCalculator, frames: Sequence[dict]) -> list[dict]:
-    return [label_one(teacher, fr) for fr in frames]
+def _calls(result: dict) -> dict:
+    return {"teacher_calls": result["teacher_calls"]}
+
+
+def label_chunk(
+    teacher: TeacherCalculator, frames: Sequence[dict], hessian: HessianOptions | None = None
+) -> list[dict]:
+    return [label_one(teacher, fr, hessian) for fr in frames]
 
 
 # -- Ray --------------------------------------------------------------------------------------
@@ -125,16 +212,17 @@ def _make_actor_class():
     class LabelWorker:
         """Holds one teacher for its whole life; labels chunks."""
 
-        def __init__(self, teacher_name: str, options: dict) -> None:
+        def __init__(self, teacher_name: str, options: dict, hessian: HessianOptions) -> None:
             from mlff_distiller.teachers.registry import get_teacher
 
             self.teacher = get_teacher(teacher_name, **options)
+            self.hessian = hessian.resolved(self.teacher)
 
         def info_attrs(self) -> dict:
-            return self.teacher.info.attrs()
+            return {**self.teacher.info.attrs(), **self.hessian.attrs()}
 
         def label(self, frames: list[dict]) -> list[dict]:
-            return label_chunk(self.teacher, frames)
+            return label_chunk(self.teacher, frames, self.hessian)
 
     return LabelWorker
 
@@ -145,12 +233,14 @@ def _ray_results(
     chunks: Iterator[list[dict]],
     workers: int,
     on_attrs: Callable[[dict], None],
+    hessian: HessianOptions | None = None,
 ) -> Iterator[list[dict]]:
     """Label chunks on ``workers`` actors; yield results chunk by chunk in input order."""
     import ray
 
     worker_cls = _make_actor_class()
-    actors = [worker_cls.remote(teacher_name, options) for _ in range(max(1, workers))]
+    hessian = hessian or HessianOptions()
+    actors = [worker_cls.remote(teacher_name, options, hessian) for _ in range(max(1, workers))]
     on_attrs(ray.get(actors[0].info_attrs.remote()))
     pending: dict[int, Any] = {}
     free = list(range(len(actors)))
@@ -197,15 +287,18 @@ def label_dataset(
     address: str | None = None,
     chunk_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
+    hessian: HessianOptions | None = None,
 ) -> LabelSummary:
     """Label every structure of ``input_path`` with ``teacher_name`` into ``out_path``.
 
     ``workers`` 0: serial in this process; N > 0: N Ray actors (a local cluster, or the one
     at ``address``). A killed run resumes where it stopped: committed frames and recorded
-    failures are not relabelled. ``on_progress(n)`` is called with structures done."""
+    failures are not relabelled. ``on_progress(n)`` is called with structures done.
+    ``hessian``: add Hessian rows per frame (:class:`HessianOptions`; default none)."""
     from mlff_distiller.data.hdf5 import Dataset, DatasetWriter
 
     options = dict(teacher_options or {})
+    hessian = hessian or HessianOptions()
     out_path = Path(out_path)
     src = Dataset(input_path)
     n_input = len(src)
@@ -243,13 +336,14 @@ def label_dataset(
     try:
         if workers > 0:
             init_ray(workers, address)
-            results = _ray_results(teacher_name, options, chunks, workers, open_writer)
+            results = _ray_results(teacher_name, options, chunks, workers, open_writer, hessian)
         else:
             from mlff_distiller.teachers.registry import get_teacher
 
             teacher = get_teacher(teacher_name, **options)
-            open_writer(teacher.info.attrs())
-            results = (label_chunk(teacher, c) for c in chunks)
+            hessian = hessian.resolved(teacher)
+            open_writer({**teacher.info.attrs(), **hessian.attrs()})
+            results = (label_chunk(teacher, c, hessian) for c in chunks)
         with open(failures_path(out_path), "a") as fail_log:
             for chunk_results in results:
                 for res in chunk_results:
@@ -274,6 +368,12 @@ def _check_same_teacher(out_path: Path, old: dict, new: dict) -> None:
             f"{old_settings}; resuming it with '{new['teacher']}' {new_settings} would mix "
             "teachers: choose a new --out or the same teacher and options"
         )
+    old_hessian, new_hessian = old.get(HESSIAN_ATTR), new.get(HESSIAN_ATTR)
+    if old_hessian != new_hessian:
+        raise ValueError(
+            f"'{out_path}' was labelled with Hessian rows {old_hessian}; resuming it with "
+            f"{new_hessian} would mix labels: choose a new --out or the same Hessian options"
+        )
 
 
 def _chunks(src, start: int, stop: int, size: int) -> Iterator[list[dict]]:
@@ -283,6 +383,7 @@ def _chunks(src, start: int, stop: int, size: int) -> Iterator[list[dict]]:
 
 def _write_result(writer, src, res: dict, fail_log, summary: LabelSummary) -> None:
     i = res["index"]
+    summary.teacher_calls += int(res.get("teacher_calls", 1))
     arr = src.get_arrays(i)
     name = arr.get(keys.NAME) or ""
     if "error" in res:
@@ -302,6 +403,8 @@ def _write_result(writer, src, res: dict, fail_log, summary: LabelSummary) -> No
         molecule=name or None,
         smiles=arr.get(keys.SMILES) or None,
         charge=int(arr["charge"]) if "charge" in arr else None,
+        hessian_index=res.get(keys.HESSIAN_INDEX),
+        hessian_rows=res.get(keys.HESSIAN_ROWS),
     )
     summary.n_labelled += 1
 

@@ -87,12 +87,26 @@ def sqm_runs() -> bool:
     return "error while loading shared libraries" not in proc.stderr and proc.returncode != 127
 
 
+@functools.cache
+def _notice_gasteiger_once() -> None:
+    import sys
+
+    print(
+        "mlff_distiller: AmberTools' sqm cannot start (apt-get install liblapack3 libblas3 "
+        "libarpack2 libgfortran5): GAFF2 uses Gasteiger charges instead of AM1-BCC",
+        file=sys.stderr,
+    )
+
+
 def resolve_charge_method(method: str) -> str:
     method = method.lower()
     if method not in CHARGE_METHODS:
         raise ValueError(f"unknown charge method '{method}': use one of {CHARGE_METHODS}")
     if method == "auto":
-        return "bcc" if sqm_runs() else "gas"
+        if sqm_runs():
+            return "bcc"
+        _notice_gasteiger_once()
+        return "gas"
     if method == "bcc" and not sqm_runs():
         raise ValueError(
             "AM1-BCC charges need AmberTools' sqm, which cannot start here (missing system "
@@ -328,7 +342,7 @@ class GAFF2Teacher(OpenMMTeacher):
 
 def make_gaff2(
     smiles: str | None = None,
-    charge_method: str = "gas",
+    charge_method: str = "auto",
     net_charge: int | None = None,
     cache_dir: str | None = None,
     platform: str | None = None,
@@ -337,8 +351,10 @@ def make_gaff2(
     """Build the ``openmm-gaff2`` teacher.
 
     ``smiles``: the molecule (else each structure's ``info['smiles']``, else bonds perceived
-    from its geometry); ``charge_method``: ``gas`` (Gasteiger, default), ``bcc`` (AM1-BCC, needs
-    sqm) or ``auto``; ``cache_dir``: where parametrizations are kept."""
+    from its geometry); ``charge_method``: ``auto`` (default: AM1-BCC where AmberTools' sqm
+    runs, else Gasteiger, with a one-line notice), ``bcc`` (AM1-BCC, needs sqm) or ``gas``
+    (Gasteiger); the method used is recorded in the teacher's settings (every file's
+    ``teacher_settings``); ``cache_dir``: where parametrizations are kept."""
     settings = {
         "force_field": "gaff2",
         "charge_method": resolve_charge_method(charge_method),

@@ -52,6 +52,10 @@ class TrainConfig:
     huber_delta: float = 0.01
     force_method: str = "analytical"
     compile: bool = False
+    # Hessian-informed distillation: weight of the MSE of the student's Hessian rows against the
+    # labels' (eV/Å^2)^2; 0 (default) = off. > 0 needs a dataset with Hessian rows (labelled with
+    # ``hessian_rows_per_frame``) and trains through autograd (one more backward per row)
+    hessian_weight: float = 0.0
     # optimisation
     lr: float = 5e-4
     weight_decay: float = 0.01
@@ -121,6 +125,7 @@ class TrainConfig:
             "forces_weight",
             "weight_decay",
             "grad_clip",
+            "hessian_weight",
             "warmup_steps",
             "max_time_min",
             "patience",

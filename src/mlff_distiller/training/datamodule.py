@@ -28,6 +28,7 @@ from mlff_distiller.training.config import TrainConfig
 MAX_STAT_STRUCTURES = 20_000
 READ_CHUNK = 512
 LABELS = (keys.ENERGY, keys.FORCES)
+HESSIAN_LABELS = (keys.HESSIAN_INDEX, keys.HESSIAN_ROWS)
 
 
 class _Indices(torch.utils.data.Dataset):
@@ -72,6 +73,15 @@ class HDF5DataModule(L.LightningDataModule):
         for key in (keys.ENERGY, keys.FORCES):
             if not self.dataset.has(key):
                 raise ValueError(f"dataset '{path}' has no '{key}' labels; label it with a teacher")
+        self.labels = LABELS
+        if config.hessian_weight > 0:
+            if not all(self.dataset.has(k) for k in HESSIAN_LABELS):
+                raise ValueError(
+                    f"hessian_weight={config.hessian_weight} but dataset '{path}' has no Hessian "
+                    "rows; label it with Hessian rows (mlffd label --hessian-rows R) or set "
+                    "hessian_weight 0"
+                )
+            self.labels = LABELS + HESSIAN_LABELS
         self.train_indices, self.val_indices = split_indices(self.dataset, config)
         if config.bootstrap_seed >= 0:  # a committee member: its own resample of the training
             rng = np.random.default_rng(config.bootstrap_seed)
@@ -79,8 +89,11 @@ class HDF5DataModule(L.LightningDataModule):
             self.train_indices = np.sort(drawn)
 
     def read_batch(self, indices: list[int] | np.ndarray) -> AtomsBatch:
-        """Structures ``indices`` as an ``AtomsBatch`` on the CPU with energy and force labels."""
-        return self.dataset.get_batch(np.sort(np.asarray(indices)), dtype=self.dtype, labels=LABELS)
+        """Structures ``indices`` as an ``AtomsBatch`` on the CPU with energy and force labels
+        (and the Hessian rows when ``hessian_weight > 0``)."""
+        return self.dataset.get_batch(
+            np.sort(np.asarray(indices)), dtype=self.dtype, labels=self.labels
+        )
 
     def fit_statistics(self, model: torch.nn.Module) -> dict[str, float]:
         """Fit reference energies and scale/shift of ``model`` on the training split.

@@ -170,10 +170,10 @@ class KStepDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if len(train) == 0:
-            raise ValueError("no training windows: check the window file's train split and k values")
-        self.train = EpochBatches(
-            train, batch_size, True, seed, noise_positions, noise_velocities
-        )
+            raise ValueError(
+                "no training windows: check the window file's train split and k values"
+            )
+        self.train = EpochBatches(train, batch_size, True, seed, noise_positions, noise_velocities)
         self.val = EpochBatches(val, batch_size, False) if val is not None and len(val) else None
 
     @property

@@ -130,7 +130,7 @@ class KStepModule(L.LightningModule):
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:  # once per optimiser step (not per accumulated batch)
-            pass
+            self.ema.update(self.model)
 
     def on_train_epoch_end(self) -> None:
         count = max(self._train_count, 1)

@@ -85,3 +85,21 @@ def distillation_loss(
         else forces_term(forces_pred, forces_ref, force_loss, huber_delta)
     )
     return {"loss": energy_weight * e + forces_weight * f, "energy_mse": e, "forces_mse": f_mse}
+
+
+def hessian_rows_mse(
+    rows_pred: torch.Tensor,
+    rows_ref: torch.Tensor,
+    index: torch.Tensor,
+    system_idx: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over the given Hessian rows and their 3N entries of (H_pred - H_ref)^2, (eV/Å^2)^2.
+
+    rows_pred, rows_ref: (n_atoms, r, 3) eV/Å^2 (layout of :mod:`mlff_distiller.models.hessian`);
+    index: (n_systems, r) int64, -1 where a structure has no row k (left out of the mean);
+    system_idx: (n_atoms,). Zero (still attached to the graph) when no row is given.
+    """
+    mask = (index >= 0).index_select(0, system_idx).to(rows_pred.dtype)  # (n_atoms, r)
+    diff = (rows_pred - rows_ref.to(rows_pred.dtype)) * mask[:, :, None]
+    count = mask.sum() * 3.0
+    return (diff * diff).sum() / count.clamp(min=1.0)

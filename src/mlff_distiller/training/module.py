@@ -2,7 +2,10 @@
 
 Training differentiates the force loss through the forces of ``config.force_method``: the
 hand-derived backward recorded by autograd ("analytical", optionally compiled) or autograd's
-double backward ("autograd"); both give the same parameter gradients.
+double backward ("autograd"); both give the same parameter gradients. With
+``config.hessian_weight > 0`` (Hessian-informed distillation) a step computes energy, forces and
+the labelled Hessian rows by autograd (:mod:`mlff_distiller.models.hessian`) and adds
+``hessian_weight * MSE(rows)``.
 validation runs the EMA copy of the weights and reports, over the whole validation split and
 all DDP ranks: energy MAE (meV/atom), force MAE and RMSE (meV/Å).
 """
@@ -19,7 +22,7 @@ from mlff_distiller import keys
 from mlff_distiller.data.batch import AtomsBatch
 from mlff_distiller.training.config import TrainConfig
 from mlff_distiller.training.ema import ExponentialMovingAverage
-from mlff_distiller.training.losses import distillation_loss
+from mlff_distiller.training.losses import distillation_loss, hessian_rows_mse
 
 VAL_FORCE_MAE = "val_force_mae"
 """Name of the logged validation force MAE (meV/Å): early stopping and the best checkpoint."""
@@ -61,9 +64,18 @@ class DistillationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: AtomsBatch, batch_idx: int) -> torch.Tensor:
-        energy, forces = predict_energy_forces(
-            self.model, batch, create_graph=True, method=self.config.force_method
-        )
+        with_hessian = self.config.hessian_weight > 0 and keys.HESSIAN_INDEX in batch.labels
+        if with_hessian:  # forces and Hessian rows from one autograd graph
+            from mlff_distiller.models.hessian import energy_forces_hessian_rows
+
+            out = energy_forces_hessian_rows(
+                self.model, batch, batch.labels[keys.HESSIAN_INDEX], create_graph=True
+            )
+            energy, forces = out[keys.ENERGY], out[keys.FORCES]
+        else:
+            energy, forces = predict_energy_forces(
+                self.model, batch, create_graph=True, method=self.config.force_method
+            )
         parts = distillation_loss(
             energy,
             batch.labels[keys.ENERGY],
@@ -75,6 +87,16 @@ class DistillationModule(L.LightningModule):
             self.config.force_loss,
             self.config.huber_delta,
         )
+        if with_hessian:
+            hessian = hessian_rows_mse(
+                out[keys.HESSIAN_ROWS],
+                batch.labels[keys.HESSIAN_ROWS],
+                batch.labels[keys.HESSIAN_INDEX],
+                batch.system_idx,
+            )
+            parts["loss"] = parts["loss"] + self.config.hessian_weight * hessian
+            if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
+                self.log("train_hessian_rmse_step", hessian.detach().sqrt(), batch_size=1)
         # Lightning's self.log costs ~1-2 ms per call on a CPU (and a DDP all-reduce with
         # sync_dist): sum the step values in one tensor and log means every log_every_n_steps
         step = torch.stack(
