@@ -171,13 +171,19 @@ def jump_energy_error(
     dt_fs: float,
     every: int = 50,
     molecule: str = "",
+    frame_steps: int = 1,
 ) -> JumpEnergyError:
-    """Jumps from frames ``0, every, 2 every, ...`` of ``trajectory`` (``atomic_numbers`` (n,),
-    ``masses`` (n,), ``positions`` (F, n, 3) Å, on-step ``velocities`` (F, n, 3) Å/fs,
-    consecutive frames ``dt_fs`` apart), all in one batch; energies from ``provider`` (a
-    batched provider, or a per-structure one built for ``len(starts)`` copies of the molecule)."""
+    """Jumps of ``k`` MD steps of ``dt_fs`` from frames ``0, every, 2 every, ...`` of
+    ``trajectory`` (``atomic_numbers`` (n,), ``masses`` (n,), ``positions`` (F, n, 3) Å, on-step
+    ``velocities`` (F, n, 3) Å/fs; consecutive frames ``frame_steps`` MD steps apart, so the
+    trajectory's own partner frame is ``k / frame_steps`` frames later), all in one batch;
+    energies from ``provider`` (a batched provider, or a per-structure one built for
+    ``len(starts)`` copies of the molecule)."""
+    if k % frame_steps:
+        raise ValueError(f"k = {k} is not a multiple of the {frame_steps} steps between frames")
     x_all, v_all = trajectory["positions"], trajectory["velocities"]
-    starts = np.arange(0, len(x_all) - k, every)
+    k_frames = k // frame_steps
+    starts = np.arange(0, len(x_all) - k_frames, every)
     if not len(starts):
         raise ValueError(f"the trajectory has {len(x_all)} frames: too short for k = {k}")
     numbers = np.asarray(trajectory["atomic_numbers"])
@@ -195,7 +201,7 @@ def jump_energy_error(
                               None)  # fmt: skip
     start = state_of(starts)
     jumped = with_forces(hybrid.jump(start, 1.0, predicted=False).replace(forces=None), counted)
-    after = state_of(starts + k)
+    after = state_of(starts + k_frames)
     e0 = start.energy + start.kinetic_energy()
     net = ((jumped.energy + jumped.kinetic_energy() - e0) / n_atoms).numpy()
     true = ((after.energy + after.kinetic_energy() - e0) / n_atoms).numpy()
