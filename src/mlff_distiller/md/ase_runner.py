@@ -15,7 +15,7 @@ from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 
-from mlff_distiller import thermo, units
+from mlff_distiller import keys, thermo, units
 from mlff_distiller.md.runner import MDConfig, MDError, MDResult, with_velocities
 
 
@@ -44,7 +44,8 @@ def run_ase_md(
             rng=np.random.default_rng(config.seed),
         )
     name = atoms.info.get("name") or atoms.get_chemical_formula()
-    writer = DatasetWriter(out, attrs={"teacher": "student"}) if out is not None else None
+    attrs = {"teacher": "student", keys.VELOCITY_CONVENTION: keys.ON_STEP}
+    writer = DatasetWriter(out, attrs=attrs) if out is not None else None
 
     def save() -> None:
         energy = atoms.get_potential_energy()

@@ -44,7 +44,7 @@ from mlff_distiller.teachers.openmm_base import (
     velocities_to_openmm,
 )
 
-VELOCITY_CONVENTION = "half-step"
+VELOCITY_CONVENTION = keys.HALF_STEP
 """Velocities written by :func:`run_openmm_md` lag the positions by half a time step."""
 
 # Forces whose ML-ML interactions this module cannot remove: refuse rather than double count.
@@ -360,7 +360,7 @@ def run_openmm_md(
     if out is not None:
         md_attrs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         md_attrs.update(engine="openmm", platform=om_platform.getName())
-        attrs = {"teacher": "student", "md": md_attrs, "velocity_convention": VELOCITY_CONVENTION}
+        attrs = {"teacher": "student", "md": md_attrs, keys.VELOCITY_CONVENTION: keys.HALF_STEP}
         writer = DatasetWriter(out, attrs=attrs)
 
     def read(step: int):

@@ -158,7 +158,8 @@ def run_md(
         out = Path(out)
         if resume and out.exists():
             state, start_step = _resume_state(out, state, n_sys, config)
-        attrs = {"teacher": "student", "md": _config_attrs(config)}
+        attrs = {"teacher": "student", "md": _config_attrs(config),
+                 keys.VELOCITY_CONVENTION: keys.ON_STEP}  # fmt: skip
         writer = DatasetWriter(out, mode="a" if resume else "w", attrs=attrs, flush_every=n_sys)
     generator = torch.Generator(device=state.positions.device).manual_seed(config.seed + start_step)
     friction_per_fs = config.friction_per_ps / units.PS

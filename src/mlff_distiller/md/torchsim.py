@@ -306,7 +306,8 @@ def run_torchsim_md(
 
     writer = None
     if out is not None:
-        attrs = {"teacher": "student", "md": {**_config_attrs(config), "engine": "torchsim"}}
+        attrs = {"teacher": "student", "md": {**_config_attrs(config), "engine": "torchsim"},
+                 keys.VELOCITY_CONVENTION: keys.ON_STEP}  # fmt: skip
         writer = DatasetWriter(Path(out), mode="w", attrs=attrs, flush_every=n_sys)
     try:
         with _seeded_rng(torch.device(device), config.seed):
