@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--replicas", type=int, default=8)
-    parser.add_argument("--mm-fs", type=float, default=3000.0, help="simulated time per run")
+    parser.add_argument("--mm-fs", type=float, default=2000.0, help="simulated time per run")
     parser.add_argument("--xtb-fs", type=float, default=1000.0)
     parser.add_argument("--discard-fs", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=2)

@@ -15,7 +15,7 @@ def demo_report(tmp_path_factory):
         smiles=["CCO"], names=["ethanol"], teacher="xtb", temperature_k=400.0,
         equilibration_fs=50.0, sample_fs=150.0, save_every=2, train_minutes=0.35,
         max_epochs=60, size="fast", md_fs=50.0, out=str(out),
-        progress_bar=False,
+        progress_bar=False, kstep_cycles=12, kstep_replicas=2,
     )
     return out, run_demo(cfg, say=lambda msg: None)
 
@@ -48,6 +48,20 @@ def test_demo_numbers_are_sane(demo_report):
     assert 50.0 < md["mean_temperature_k"] < 1000.0
     # NVE with a smooth student: total energy drifts far less than the kinetic energy scale
     assert abs(md["energy_drift_mev_per_atom_per_ps"]) < 20.0
+
+
+def test_demo_kstep_stage_runs_the_shipped_network_against_plain_md(demo_report):
+    out, report = demo_report
+    ks = report["kstep"]
+    assert "skipped" not in ks, ks
+    assert ks["k"] == 8 and ks["ensemble"] == "nvt" and ks["replicas"] == 2
+    assert ks["hybrid"]["cycles"] == 12 and ks["reference"]["structures"] == 4
+    # the reference runs one step per force call; the hybrid at most 9 per call
+    assert ks["reference"]["steps_per_force_call"] == pytest.approx(1.0, rel=0.02)
+    assert 0.5 < ks["force_call_ratio"] <= 9.0
+    assert 50.0 < ks["hybrid"]["mean_temperature_k"] < 1500.0
+    assert (out / "kstep" / "kstep_distributions.png").stat().st_size > 0
+    assert "k-step hybrid MD" in (out / "report.md").read_text()
 
 
 def test_eval_cli_reproduces_the_demo_numbers(demo_report):

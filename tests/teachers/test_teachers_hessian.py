@@ -108,7 +108,7 @@ def test_xtb_fd_rows_symmetric():
     block = h[:, rows]  # H[i, j] for i, j both in rows
     scale = np.abs(h).max()
     assert scale > 1.0  # eV/Å^2: bonds are stiff
-    assert np.abs(block - block.T).max() < 2e-3 * scale
+    assert np.abs(block - block.T).max() < 5e-3 * scale  # O(delta^2) and SCF noise
     assert np.abs(h.reshape(4, -1, 3).sum(1)).max() < 2e-3 * scale
 
 

@@ -28,7 +28,7 @@ Rejection is a safety net, counted per reason in :attr:`HybridResult.rejections`
 ``kinetic_energy`` (above ``ke_factor`` x the structure's running mean), ``potential_energy``
 (``|E(x_end) - E(x_start)|`` above ``pe_jump_per_atom`` per atom), ``energy`` (the integration
 error of the cycle, ``dE_total - heat`` of the thermostat, above ``energy_tol_per_atom`` per
-atom), ``rescale`` (NVE: too little kinetic energy left to restore the total energy). A rejected
+atom), ``rescale`` (too little internal kinetic energy left to restore the energy). A rejected
 structure retries with the jump scaled by ``scale_factor ** attempt``; after ``max_attempts`` it
 runs ``k + 1`` plain engine steps (``fallback="physics"``) or the run stops (``"stop"``).
 
@@ -95,7 +95,7 @@ class HybridConfig:
     ensemble: str = "nvt"  # "nvt" or "nve"
     temperature_k: float = 300.0  # NVT bath (and start velocities)
     friction_per_ps: float = 1.0  # NVT; keep it <= 2 (a strong thermostat hides a heating jump)
-    rescale: bool = True  # NVE: restore the cycle's starting total energy
+    rescale: bool = True  # energy balance restored each cycle (NVE: the start's total energy)
     predicted_forces: bool = True  # a force head's F(x') for the first half-kick
     max_attempts: int = 3
     scale_factor: float = 0.8
@@ -364,8 +364,8 @@ class HybridIntegrator:
         error = (part.energy + part.kinetic_energy() - e_start[ok] - heat_sum) / sub_n
         if cfg.energy_tol_per_atom is not None:
             _mark(sub_reason, error.abs() > cfg.energy_tol_per_atom, "energy")
-        if cfg.ensemble == "nve" and cfg.rescale:
-            rescaled, fine = rescale_to_energy(part, e_start[ok])
+        if cfg.rescale:  # the total energy changes by the thermostat's heat only (NVE: none)
+            rescaled, fine = rescale_to_energy(part, e_start[ok] + heat_sum)
             _mark(sub_reason, ~fine & finite, "rescale")
             part = rescaled
         reason[ok] = sub_reason
