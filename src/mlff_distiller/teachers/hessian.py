@@ -112,17 +112,21 @@ def _rows_from_energy(fn: EnergyFunction, x0, rows: np.ndarray) -> np.ndarray:
 
 
 def _module_rows(model, atoms: Atoms, rows: np.ndarray, dtype, device) -> np.ndarray:
-    """Rows of a module with ``forward(batch) -> {ENERGY}`` (PaiNN and the other students)."""
-    import torch
-
+    """Rows of a module with ``forward(batch) -> {ENERGY}`` (PaiNN and the other students), by
+    double backward through its energy (models are right of teachers: duck-typed here)."""
     from mlff_distiller.data.batch import AtomsBatch
-    from mlff_distiller.models.hessian import energy_forces_hessian_rows
 
     batch = AtomsBatch.from_atoms([atoms], dtype=dtype, device=device)
     batch.labels = {}
-    index = torch.as_tensor(rows, dtype=torch.long, device=device)[None, :]
-    per_atom = energy_forces_hessian_rows(model, batch, index)[keys.HESSIAN_ROWS]  # (n, r, 3)
-    return per_atom.detach().double().cpu().numpy().transpose(1, 0, 2).reshape(len(rows), -1)
+
+    def energy(x):
+        moved = AtomsBatch(batch.atomic_numbers, x, batch.system_idx, batch.cell, batch.pbc)
+        return model(moved)[keys.ENERGY].sum()
+
+    import torch
+
+    x0 = torch.as_tensor(atoms.positions, dtype=dtype, device=device)
+    return _rows_from_energy(energy, x0, rows)
 
 
 def _ani_energy(inner, atoms: Atoms) -> EnergyFunction:
@@ -196,9 +200,13 @@ def autograd_kind(calculator, atoms: Atoms | None = None) -> str | None:
     inner = _unwrap(calculator)
     if isinstance(inner, torch.nn.Module):
         return "module"
-    from mlff_distiller.md.calculator import StudentCalculator
-
-    if isinstance(inner, StudentCalculator):
+    student = getattr(inner, "model", None)  # a StudentCalculator (md), duck-typed
+    if (
+        isinstance(student, torch.nn.Module)
+        and hasattr(inner, "dtype")
+        and hasattr(inner, "device")
+        and not type(inner).__module__.startswith(("sevenn", "torchani"))
+    ):
         return "student"
     periodic = atoms is not None and bool(np.any(atoms.pbc))
     module = type(inner).__module__
