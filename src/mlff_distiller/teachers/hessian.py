@@ -23,7 +23,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from mlff_distiller import keys
+from mlff_distiller import keys, units
 
 HESSIAN_METHODS = ("auto", "fd", "autograd")
 DEFAULT_DELTA = 1e-3  # Å
@@ -131,7 +131,6 @@ def _module_rows(model, atoms: Atoms, rows: np.ndarray, dtype, device) -> np.nda
 
 def _ani_energy(inner, atoms: Atoms) -> EnergyFunction:
     import torch
-    from ase.units import Hartree
 
     if inner.periodic_table_index:
         species = torch.as_tensor(atoms.numbers, dtype=torch.long, device=inner.device)
@@ -140,7 +139,7 @@ def _ani_energy(inner, atoms: Atoms) -> EnergyFunction:
     species = species[None]
 
     def energy(x):
-        return inner.model((species, x.to(inner.dtype)[None])).energies.sum() * Hartree
+        return inner.model((species, x.to(inner.dtype)[None])).energies.sum() * units.HARTREE
 
     return energy
 
