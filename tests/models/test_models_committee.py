@@ -243,7 +243,7 @@ def test_check_every_n_drives_with_member_0_and_runs_the_committee_every_nth_cal
     own = members[0].energy_and_forces(batch)
     full = Committee.from_members(members).energy_and_forces(batch)
     seen = []
-    for call in range(7):
+    for _ in range(7):
         out = committee.energy_and_forces(batch)
         seen.append(keys.MEMBER_FORCES in out)
         torch.testing.assert_close(out[keys.FORCES], own[keys.FORCES], rtol=0, atol=1e-12)

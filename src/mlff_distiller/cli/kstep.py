@@ -175,15 +175,19 @@ def run_command(
         False, help="also run reference MD (2x the replicas) and compare the distributions"
     ),
     seed: int = typer.Option(0),
+    threads: int = typer.Option(1, help="torch threads (1 is fastest for small molecules)"),
 ) -> None:
     """Hybrid MD on the batched engine: network jumps over k steps + one engine step with the
     corrector's forces; NVT by default. Prints the run summary (force calls, rejections by
     reason, measured temperature) and writes it next to the trajectory (.json)."""
+    import torch
+
     from mlff_distiller.kstep.topology import molecule_topology
     from mlff_distiller.md.forces import make_force_provider
     from mlff_distiller.md.hybrid import HybridConfig, IntegrationError, run_hybrid
     from mlff_distiller.models.io import load_model
 
+    torch.set_num_threads(threads)
     with user_errors():
         atoms = _start_structure(smiles, structure, frame, seed)
         if model is None:
