@@ -345,7 +345,7 @@ class HybridIntegrator:
             _mark(reason, bonds.stretched(jumped, cfg.bond_factor), "bond")
         _mark(reason, jumped.kinetic_energy() > cfg.ke_factor * ke_mean, "kinetic_energy")
         ok = torch.nonzero(reason == _OK).flatten()
-        errors = torch.full((n_sys,), torch.nan, dtype=state.positions.dtype)
+        errors = torch.full((n_sys,), torch.nan, dtype=state.positions.dtype, device=reason.device)
         if not len(ok):
             return state, reason, errors
         part = jumped.select(ok) if len(ok) < n_sys else jumped
@@ -374,7 +374,7 @@ class HybridIntegrator:
             _mark(sub_reason, ~fine & finite, "rescale")
             part = rescaled
         reason[ok] = sub_reason
-        errors[ok] = error.detach().cpu()
+        errors[ok] = error.detach()
         good = ok[sub_reason == _OK]
         if not len(good):
             return state, reason, errors
@@ -390,7 +390,9 @@ class HybridIntegrator:
         """Advance every structure one cycle (retries and fallbacks included)."""
         cfg = self.config
         pending = torch.arange(state.n_systems, device=state.positions.device)
-        errors = torch.full((state.n_systems,), torch.nan, dtype=state.positions.dtype)
+        errors = torch.full(
+            (state.n_systems,), torch.nan, dtype=state.positions.dtype, device=pending.device
+        )
         for attempt in range(cfg.max_attempts):
             sub = state.select(pending) if len(pending) < state.n_systems else state
             bonds = self.bonds
@@ -412,7 +414,7 @@ class HybridIntegrator:
             pending = pending[~accepted]
             if not len(pending):
                 break
-        result.energy_errors.append(errors.numpy())
+        result.energy_errors.append(errors.cpu().numpy())
         if len(pending):
             if cfg.fallback == "stop":
                 raise IntegrationError(

@@ -127,22 +127,14 @@ def structural_losses(
     return out
 
 
-def molecule_kinetic_energy(
-    velocities: torch.Tensor, masses: torch.Tensor, system_idx: torch.Tensor, n_systems: int
-) -> torch.Tensor:
-    """velocities (n_atoms, 3) Å/fs, masses (n_atoms,) amu -> (n_systems,) eV
-    (:func:`mlff_distiller.thermo.kinetic_energy`)."""
-    return thermo.kinetic_energy(velocities, masses, system_idx, n_systems)
-
-
 def kinetic_energy_loss(
     delta_velocities: torch.Tensor, inputs: KStepInput, targets: KStepTargets
 ) -> torch.Tensor:
     """Mean over molecules of the squared relative kinetic-energy error of ``v_t + delta_v``."""
     n = inputs.n_systems
     m, idx = inputs.masses.to(delta_velocities.dtype), inputs.system_idx
-    pred = molecule_kinetic_energy(inputs.velocities + delta_velocities, m, idx, n)
-    true = molecule_kinetic_energy(inputs.velocities + targets.delta_velocities, m, idx, n)
+    pred = thermo.kinetic_energy(inputs.velocities + delta_velocities, m, idx, n)
+    true = thermo.kinetic_energy(inputs.velocities + targets.delta_velocities, m, idx, n)
     return torch.mean(((pred - true) / true.clamp_min(1e-12)) ** 2)
 
 
