@@ -67,6 +67,11 @@ def test_per_structure_reduction_by_hand():
     np.testing.assert_allclose(per["max_error_ev_per_a"], [0.1, 0.5, 1.0])
     rmse = np.sqrt([0.01 / 3, (0.09 + 0.16 + 0.01) / 6, (0.04 + 0.04 + 0.01 + 0.36 + 0.64) / 9])
     np.testing.assert_allclose(per["rmse_ev_per_a"], rmse)
+    predicted = np.sqrt([0.0025 / 3, (0.01 + 0.04) / 6, (0.09 + 0.16 + 0.01) / 9])
+    np.testing.assert_allclose(per["predicted_rmse_ev_per_a"], predicted)
+    # a sigma equal to each atom's error norm predicts every structure's RMSE exactly
+    exact = per_structure_values(np.linalg.norm(error, axis=1), error, system_idx)
+    np.testing.assert_allclose(exact["predicted_rmse_ev_per_a"], rmse)
 
     s = calibration_summary(sigma, error, system_idx)
     assert s["n_structures"] == 3.0 and s["n_atoms"] == 6.0
@@ -205,7 +210,9 @@ def test_plot_calibration_writes_png_with_summary_numbers(tmp_path):
     assert image[..., :3].std() > 0.05  # not a blank canvas
     # the numbers quoted on the figure are those of calibration_summary
     assert summary == calibration_summary(sigma, error, system_idx)
-    assert calibration_title(summary) == f"Spearman ρ = 1.000 ({N_ATOMS // 4} structures)"
+    title = calibration_title(summary)
+    assert title.startswith("Spearman ρ: max 1.000, RMSE ")
+    assert f"{summary['spearman_structure_rmse']:.3f} ({N_ATOMS // 4} structures)" in title
 
     sigma_cal, error_cal, idx_cal = synthetic(k=2.0, seed=1)
     _, s2 = plot_calibration(sigma_cal, error_cal, idx_cal, tmp_path / "cal2.png")

@@ -281,3 +281,25 @@ def test_sample_cli_prints_target_and_measured_temperature(tmp_path):
     temps = trajectory_temperatures(tmp_path / "methanol_r0.h5")
     assert f"{temps['measured_k']:.1f}" in text
     assert "passed" in text or "FAILED" in text
+
+
+def test_initial_temperature_twice_the_target_starts_at_equipartition(gaff2_hexadecane, tmp_path):
+    """No equilibration, a weak thermostat, the same seed: starting velocities drawn at 600 K are
+    those drawn at 300 K times sqrt(2) (twice the kinetic temperature at the first frame), and
+    in both runs equipartition leaves about half the starting temperature after 150 fs."""
+    atoms = molecule(HEXADECANE, name="hexadecane", jitter=0.0)
+    first, settled = {}, {}
+    for start in (None, 600.0):
+        cfg = SamplingConfig(
+            temperature_k=300.0, equilibration_fs=0.0, production_fs=500.0, save_every=4,
+            friction_per_ps=0.1, initial_temperature_k=start, dt_fs=0.5, constraints="none",
+        )  # fmt: skip
+        path = tmp_path / f"start_{start}.h5"
+        sample(gaff2_hexadecane, atoms, path, cfg, seed=4)
+        times, temps = _frame_temperatures(path, n_constraints=0)
+        first[start], settled[start] = float(temps[0]), float(temps[times >= 150.0].mean())
+    assert first[600.0] / first[None] == pytest.approx(2.0, rel=0.02)
+    for start in (None, 600.0):
+        assert settled[start] / first[start] == pytest.approx(0.5, abs=0.1)
+    with pytest.raises(ValueError, match="initial_temperature_k"):
+        SamplingConfig(initial_temperature_k=-1.0).resolved("mm")

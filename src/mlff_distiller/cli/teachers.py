@@ -135,6 +135,9 @@ def register(app: typer.Typer) -> None:
         max_equilibration: float = typer.Option(
             None, "--max-equilibration", help="fs cap (default: minimum + 10 windows)"
         ),
+        initial_temperature: float = typer.Option(
+            None, "--initial-temperature", help="K, starting velocities (default: --temperature)"
+        ),
         production_fs: float = typer.Option(10000.0, "--production", help="fs, NVT, saved"),
         nve_fs: float = typer.Option(0.0, "--nve", help="fs of NVE after production"),
         nve_dt_fs: float = typer.Option(None, "--nve-dt", help="fs (default: --dt)"),
@@ -172,6 +175,7 @@ def register(app: typer.Typer) -> None:
                 equilibration_window_fs=equilibration_window,
                 temperature_tolerance=temperature_tolerance,
                 max_equilibration_fs=max_equilibration,
+                initial_temperature_k=initial_temperature,
             )
             kind = teacher_spec(teacher).kind if ":" not in teacher else "ml"
             cfg.resolved(kind)

@@ -29,6 +29,7 @@ from ase import Atoms
 
 from mlff_distiller import keys
 from mlff_distiller.distill.config import DistillConfig
+from mlff_distiller.distill.holdout import score_holdout
 from mlff_distiller.distill.selection import select_frames
 
 Say = Callable[[str], None]
@@ -484,30 +485,3 @@ def label_stage(config: DistillConfig, it: Path, out: Path, i: int, say: Say) ->
 
 
 # ------------------------------------------------------------------ scoring
-def score_holdout(model_path: Path, holdout: Path) -> dict:
-    """Committee-mean force and energy errors on the held-out teacher MD, and the rank
-    correlation of the predicted uncertainty with the true per-structure error."""
-    from scipy.stats import spearmanr
-
-    from mlff_distiller.data.hdf5 import Dataset
-    from mlff_distiller.models.io import load_model
-
-    model = load_model(model_path)
-    errors, uncert, e_err = [], [], []
-    with Dataset(holdout) as ds:
-        for start in range(0, len(ds), 64):
-            batch = ds.get_batch(np.arange(start, min(start + 64, len(ds))))
-            out = model.energy_and_forces(batch)
-            diff = (out[keys.FORCES] - batch.labels[keys.FORCES]).detach().double()
-            for s in range(batch.n_systems):
-                m = batch.system_idx == s
-                errors.append(diff[m].abs().mean().item())
-            uncert += out[keys.STRUCTURE_UNCERTAINTY].detach().double().tolist()
-            n = batch.atoms_per_system.double()
-            e_err += ((out[keys.ENERGY] - batch.labels[keys.ENERGY]).detach().double() / n).tolist()
-    rho = spearmanr(uncert, errors).statistic if len(errors) > 2 else float("nan")
-    return {
-        "holdout_force_mae_mev": 1000 * float(np.mean(errors)),
-        "holdout_energy_mae_mev_per_atom": 1000 * float(np.mean(np.abs(e_err))),
-        "holdout_spearman": float(rho),
-    }

@@ -9,31 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlff_distiller import keys
-
-
-def holdout_predictions(model_path: Path, holdout: Path) -> dict[str, np.ndarray]:
-    """Per-atom committee sigma (n_atoms,), force error (n_atoms, 3) eV/Å and system index
-    (n_atoms,) of the committee on the held-out teacher frames."""
-    from mlff_distiller.data.hdf5 import Dataset
-    from mlff_distiller.models.io import load_model
-
-    model = load_model(model_path)
-    sigma, error, system = [], [], []
-    offset = 0
-    with Dataset(holdout) as ds:
-        for start in range(0, len(ds), 64):
-            batch = ds.get_batch(np.arange(start, min(start + 64, len(ds))))
-            out = model.energy_and_forces(batch)
-            sigma.append(out[keys.FORCE_UNCERTAINTY].detach().double().numpy())
-            error.append((out[keys.FORCES] - batch.labels[keys.FORCES]).detach().double().numpy())
-            system.append(batch.system_idx.numpy() + offset)
-            offset += batch.n_systems
-    return {
-        "sigma": np.concatenate(sigma),
-        "error": np.concatenate(error),
-        "system_idx": np.concatenate(system),
-    }
+from mlff_distiller.distill.holdout import holdout_predictions
 
 
 def write_report(out: Path, summary: dict) -> Path:
@@ -113,10 +89,12 @@ def write_report(out: Path, summary: dict) -> Path:
         lines += [
             "## Calibration on the held-out teacher MD",
             "",
-            f"Rank correlation of predicted and true per-structure error: "
-            f"{cal['spearman_structure']:.2f}; coverage of the 1/2/3-sigma intervals "
-            f"{cal['coverage_1sigma']:.0%} / {cal['coverage_2sigma']:.0%} / "
-            f"{cal['coverage_3sigma']:.0%} (Gaussian: 68/95/100%); fitted sigma scale "
+            f"Rank correlation of predicted and true per-structure force RMSE: "
+            f"{cal['spearman_structure_rmse']:.2f} (largest per-atom uncertainty against "
+            f"largest per-atom error: {cal['spearman_structure']:.2f}); coverage of the "
+            f"1/2/3-sigma intervals {cal['coverage_1sigma']:.0%} / "
+            f"{cal['coverage_2sigma']:.0%} / {cal['coverage_3sigma']:.0%} "
+            f"(Gaussian: 68/95/100%); fitted sigma scale "
             f"{cal['sigma_scale']:.2f}.",
             "",
             "![calibration](calibration.png)",

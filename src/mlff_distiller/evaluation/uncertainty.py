@@ -10,10 +10,13 @@ Conventions used throughout:
   Gaussian error ``E|e_i|^2 = sigma_i^2`` and each Cartesian component has the standard deviation
   ``sigma_i / sqrt(3)``. Coverage, the rescaling factor and the binned calibration are computed
   per force component with that sigma.
-* **Per structure.** The predicted uncertainty is the max over the structure's atoms of
-  ``sigma_i``; the true error is reported two ways: the max over atoms of ``|e_i|`` (the same
-  reduction as the prediction, used for ``spearman_structure`` and the scatter plot) and the RMSE
-  over the structure's force components (``spearman_structure_rmse``).
+* **Per structure.** Two predictions, each paired with the true error of the same reduction:
+  the largest per-atom uncertainty ``max_i sigma_i`` against the largest per-atom error
+  ``max_i |e_i|`` (``spearman_structure``: does the committee see the worst atom; the quantity
+  the active-learning threshold and the teacher fallback use), and the predicted force RMSE
+  ``sqrt(mean_i sigma_i^2 / 3)`` against the structure's force RMSE over its 3 n components
+  (``spearman_structure_rmse``: does it rank whole structures by their error; the headline
+  calibration number, since a structure's force error is its RMSE).
 * Coverages are fractions in [0, 1]; forces and sigmas are in eV/Å.
 
 Shapes: per atom ``(n_atoms,)`` or ``(n_atoms, 3)``; ``system_idx`` ``(n_atoms,)`` gives each
@@ -66,8 +69,9 @@ def per_structure_values(
     """Per-structure reductions, each ``(n_structures,)`` in sorted order of the labels.
 
     Returns ``labels`` (the structure labels), ``n_atoms``, ``uncertainty_ev_per_a`` (max over
-    atoms of sigma_i), ``max_error_ev_per_a`` (max over atoms of |e_i|) and ``rmse_ev_per_a``
-    (sqrt of the mean over the structure's 3 n_i components of e^2).
+    atoms of sigma_i), ``predicted_rmse_ev_per_a`` (sqrt(mean over atoms of sigma_i^2 / 3), the
+    force RMSE the committee predicts), ``max_error_ev_per_a`` (max over atoms of |e_i|) and
+    ``rmse_ev_per_a`` (sqrt of the mean over the structure's 3 n_i components of e^2).
     """
     sigma, error, system_idx = _check_inputs(predicted_atom_sigma, force_error, system_idx)
     labels, inv = np.unique(system_idx, return_inverse=True)
@@ -79,16 +83,18 @@ def per_structure_values(
     max_err = np.full(k, -np.inf)
     np.maximum.at(max_err, inv, norms)
     sq = np.bincount(inv, weights=np.sum(error**2, axis=1), minlength=k)
+    sigma_sq = np.bincount(inv, weights=sigma**2, minlength=k)
     return {
         "labels": labels,
         "n_atoms": counts,
         "uncertainty_ev_per_a": unc,
+        "predicted_rmse_ev_per_a": np.sqrt(sigma_sq / (3 * counts)),
         "max_error_ev_per_a": max_err,
         "rmse_ev_per_a": np.sqrt(sq / (3 * counts)),
     }
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation; NaN with fewer than 3 points or a constant input."""
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
@@ -188,8 +194,9 @@ def calibration_summary(
     * ``mean_sigma_ev_per_a`` (mean of sigma_i), ``force_rmse_ev_per_a`` (RMSE over all
       components), ``mean_structure_uncertainty_ev_per_a``, ``mean_structure_max_error_ev_per_a``,
       ``mean_structure_rmse_ev_per_a``;
-    * ``spearman_structure`` (structure uncertainty vs max per-atom error norm),
-      ``spearman_structure_rmse`` (vs the structure's RMSE), ``spearman_atom`` (sigma_i vs |e_i|);
+    * ``spearman_structure`` (max sigma_i vs max per-atom error norm),
+      ``spearman_structure_rmse`` (predicted vs true structure force RMSE), ``spearman_atom``
+      (sigma_i vs |e_i|);
       NaN when undefined (fewer than 3 points or a constant input);
     * ``coverage_{z}sigma`` for z = 1, 2, 3: fraction of components with
       ``|e_ic| <= z sigma_i / sqrt 3``; ``coverage_{z}sigma_expected``: the Gaussian value;
@@ -219,9 +226,9 @@ def calibration_summary(
         "mean_structure_uncertainty_ev_per_a": float(np.mean(per["uncertainty_ev_per_a"])),
         "mean_structure_max_error_ev_per_a": float(np.mean(per["max_error_ev_per_a"])),
         "mean_structure_rmse_ev_per_a": float(np.mean(per["rmse_ev_per_a"])),
-        "spearman_structure": _spearman(per["uncertainty_ev_per_a"], per["max_error_ev_per_a"]),
-        "spearman_structure_rmse": _spearman(per["uncertainty_ev_per_a"], per["rmse_ev_per_a"]),
-        "spearman_atom": _spearman(sigma, np.linalg.norm(error, axis=1)),
+        "spearman_structure": spearman(per["uncertainty_ev_per_a"], per["max_error_ev_per_a"]),
+        "spearman_structure_rmse": spearman(per["predicted_rmse_ev_per_a"], per["rmse_ev_per_a"]),
+        "spearman_atom": spearman(sigma, np.linalg.norm(error, axis=1)),
         "sigma_scale": scale,
     }
     raw = coverage(sigma, error, Z_LEVELS)
@@ -236,9 +243,10 @@ def calibration_summary(
 
 
 def calibration_title(summary: dict[str, float]) -> str:
-    """Title of the scatter panel: the structure-level Spearman rho and the structure count."""
+    """Title of the scatter panel: both structure-level Spearman rhos and the structure count."""
     return (
-        f"Spearman ρ = {summary['spearman_structure']:.3f} "
+        f"Spearman ρ: max {summary['spearman_structure']:.3f}, "
+        f"RMSE {summary['spearman_structure_rmse']:.3f} "
         f"({int(summary['n_structures'])} structures)"
     )
 

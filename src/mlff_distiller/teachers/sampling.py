@@ -101,6 +101,11 @@ class SamplingConfig:
     equilibration_sigmas * sigma_window)`` of ``temperature_k``, at most
     ``max_equilibration_fs`` (None: the minimum + 10 windows). ``equilibration_fs = 0``: no
     equilibration at all (production starts from the given structure and fresh velocities).
+
+    ``initial_temperature_k``: temperature of the fresh Maxwell-Boltzmann velocities (None:
+    ``temperature_k``). From a minimised structure, ``2 * temperature_k`` reaches
+    ``temperature_k`` by equipartition within a few vibrational periods, without equilibration
+    steps (useful when every step is an expensive teacher call).
     """
 
     temperature_k: float = 300.0
@@ -119,6 +124,14 @@ class SamplingConfig:
     temperature_tolerance: float = 0.05
     equilibration_sigmas: float = 2.0
     max_equilibration_fs: float | None = None
+    initial_temperature_k: float | None = None
+
+    @property
+    def start_temperature_k(self) -> float:
+        """K: the temperature of fresh starting velocities."""
+        if self.initial_temperature_k is None:
+            return self.temperature_k
+        return self.initial_temperature_k
 
     def resolved(self, kind: str) -> SamplingConfig:
         """A copy with defaults that depend on the teacher kind filled in, checked."""
@@ -141,6 +154,8 @@ class SamplingConfig:
         ):
             if getattr(out, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(out, name)}")
+        if out.initial_temperature_k is not None and out.initial_temperature_k < 0:
+            raise ValueError(f"initial_temperature_k must be >= 0, got {out.initial_temperature_k}")
         for name in (
             "equilibration_fs",
             "production_fs",
@@ -236,7 +251,7 @@ class _ASEEngine:
                 from ase.md.velocitydistribution import thermalize_momenta
             except ImportError:
                 thermalize_momenta = MaxwellBoltzmannDistribution
-            thermalize_momenta(self.atoms, temperature_K=cfg.temperature_k, rng=rng)
+            thermalize_momenta(self.atoms, temperature_K=cfg.start_temperature_k, rng=rng)
             Stationary(self.atoms, preserve_temperature=False)
             ZeroRotation(self.atoms, preserve_temperature=False)
         else:
@@ -325,7 +340,7 @@ class _OpenMMEngine:
             self.context.applyConstraints(1e-7)
         if velocities is None:
             self.context.setVelocitiesToTemperature(
-                cfg.temperature_k * unit.kelvin, int(rng.integers(1, 2**31 - 1))
+                cfg.start_temperature_k * unit.kelvin, int(rng.integers(1, 2**31 - 1))
             )
         else:
             self.context.setVelocities(velocities_to_openmm(velocities))
