@@ -108,7 +108,7 @@ def train_networks(work: Path, mm_paths, qm_paths, quick: bool, epochs: int):
         qm_train, resume=True, progress=True,
     )  # fmt: skip
     print(f"  {time.perf_counter() - t0:.0f} s; last epoch {qm.history[-1]}", flush=True)
-    return load_model(mm.best_model).double(), load_model(qm.best_model).double()
+    return load_model(mm.best_model), load_model(qm.best_model)
 
 
 def evaluate_molecule(network, teacher, name, smiles, path, args, rows) -> None:
@@ -221,6 +221,8 @@ def main() -> None:
     parser.add_argument("--discard-fs", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("mm", "xtb", "both"), default="both")
+    parser.add_argument("--network-dtype", choices=("float32", "float64"), default="float32",
+                        help="of the jump network (the CLI's default: float32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work
@@ -242,6 +244,9 @@ def main() -> None:
     train_mm = {k: mm_paths[k] for k in mm_train}
     train_qm = {k: qm_paths[k] for k in xtb_train}
     mm_net, qm_net = train_networks(work, train_mm, train_qm, quick, 1 if quick else args.epochs)
+    # float32 networks are what `mlffd kstep run` loads; the MD state stays float64
+    net_dtype = {"float32": torch.float32, "float64": torch.float64}[args.network_dtype]
+    mm_net, qm_net = mm_net.to(net_dtype), qm_net.to(net_dtype)
     rows: list = []
     held = []
     if args.only in ("mm", "both"):
