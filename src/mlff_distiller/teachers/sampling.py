@@ -155,7 +155,10 @@ class SamplingConfig:
             if getattr(out, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(out, name)}")
         if out.initial_temperature_k is not None and out.initial_temperature_k < 0:
-            raise ValueError(f"initial_temperature_k must be >= 0, got {out.initial_temperature_k}")
+            raise ValueError(
+                "initial_temperature_k (mlffd sample --initial-temperature) must be >= 0 K, got "
+                f"{out.initial_temperature_k}"
+            )
         for name in (
             "equilibration_fs",
             "production_fs",
