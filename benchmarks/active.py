@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.data import covalent_radii
+from ase.data import chemical_symbols, covalent_radii
 
 from mlff_distiller import keys, thermo, units
 from mlff_distiller.data.hdf5 import Dataset
@@ -58,25 +58,32 @@ def bonds_of(atoms) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([i[bonded], j[bonded]], axis=1), d[bonded]
 
 
-def failed(positions: np.ndarray, bonds: np.ndarray, ref: np.ndarray) -> bool:
-    """The failure definition of this benchmark (see the module docstring)."""
+def failure(positions: np.ndarray, numbers: np.ndarray, bonds: np.ndarray, ref: np.ndarray) -> str:
+    """The failure definition of this benchmark (see the module docstring): "" when the frame
+    is sound, else what failed (the first stretched bond, e.g. ``O-H 3-20 x1.62``)."""
     if not np.isfinite(positions).all():
-        return True
-    stretched = np.linalg.norm(positions[bonds[:, 0]] - positions[bonds[:, 1]], axis=1)
-    if (stretched > 1.5 * ref).any():
-        return True
+        return "non-finite positions"
+    stretched = np.linalg.norm(positions[bonds[:, 0]] - positions[bonds[:, 1]], axis=1) / ref
+    if (stretched > 1.5).any():
+        b = int(np.argmax(stretched))
+        i, j = (int(x) for x in bonds[b])
+        return f"{chemical_symbols[numbers[i]]}-{chemical_symbols[numbers[j]]} {i}-{j} " \
+               f"x{stretched[b]:.2f}"
     i, j = np.triu_indices(len(positions), k=1)
-    return bool((np.linalg.norm(positions[i] - positions[j], axis=1) < 0.5).any())
+    close = np.linalg.norm(positions[i] - positions[j], axis=1) < 0.5
+    return f"atoms {i[close][0]}-{j[close][0]} closer than 0.5 A" if close.any() else ""
 
 
-def time_to_failure(model_path: Path, atoms, args, out: Path) -> list[float]:
-    """Per replica: ps until the first failure (the horizon when it never failed)."""
+def time_to_failure(model_path: Path, atoms, args, out: Path) -> dict:
+    """Per replica: ps until the first failure (the horizon when it never failed) and what
+    failed (``times``, ``reasons``)."""
     model = load_model(model_path)
     bonds, ref = bonds_of(atoms)
     n_chunks = int(np.ceil(args.horizon_ps * 1000 / args.check_fs))
     alive = list(range(args.replicas))
     current = {r: atoms.copy() for r in alive}
     fail_ps = {r: args.horizon_ps for r in alive}
+    reason = {r: "" for r in alive}
     save_every = max(1, int(round(args.md_save_fs / args.dt)))
     for c in range(n_chunks):
         if not alive:
@@ -99,10 +106,12 @@ def time_to_failure(model_path: Path, atoms, args, out: Path) -> list[float]:
         survivors = []
         for s, r in enumerate(alive):
             t0 = c * args.check_fs / 1000
-            bad = [k for k, f in enumerate(frames[s]) if failed(f[keys.POSITIONS], bonds, ref)]
+            why = [failure(f[keys.POSITIONS], atoms.numbers, bonds, ref) for f in frames[s]]
+            bad = [k for k, w in enumerate(why) if w]
             if bad or n * save_every < md.steps:  # failed, or the batch stopped early
                 k = bad[0] if bad else n
                 fail_ps[r] = t0 + k * save_every * args.dt / 1000
+                reason[r] = why[k] if bad else "MD stopped (non-finite energy or forces)"
                 continue
             last = frames[s][-1]
             nxt = atoms.copy()
@@ -112,7 +121,8 @@ def time_to_failure(model_path: Path, atoms, args, out: Path) -> list[float]:
             survivors.append(r)
         alive = survivors
         path.unlink()
-    return [fail_ps[r] for r in range(args.replicas)]
+    return {"times": [fail_ps[r] for r in range(args.replicas)],
+            "reasons": [reason[r] for r in range(args.replicas)]}
 
 
 def passive_arm(args, atoms, out: Path, train_minutes: float) -> Path:
@@ -156,6 +166,8 @@ def main() -> None:
     parser.add_argument("--max-uncertainty", type=float, default=0.15)
     parser.add_argument("--md-fs", type=float, default=2000.0, help="active MD per round")
     parser.add_argument("--max-iterations", type=int, default=8)
+    parser.add_argument("--explore-replicas", type=int, default=8,
+                        help="active student MD replicas per temperature and round")
     parser.add_argument("--first-train-minutes", type=float, default=2.0)
     parser.add_argument("--train-minutes", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=Path("runs/active"))
@@ -180,21 +192,25 @@ def main() -> None:
         temperatures_k=ladder, members=args.members, size=args.size, holdout_fs=0.0,
         max_uncertainty=args.max_uncertainty, seed=args.seed, md_fs=args.md_fs,
         max_iterations=args.max_iterations, first_train_minutes=args.first_train_minutes,
-        train_minutes=args.train_minutes,
+        train_minutes=args.train_minutes, replicas=args.explore_replicas,
     ))
     active_min = (time.perf_counter() - t0) / 60
     member_runs = (out / "active").glob("iter_*/member_0/result.json")
     trained = sum(json.loads(p.read_text())["wall_s"] for p in member_runs) / 60
     passive = passive_arm(args, atoms, out, train_minutes=trained)
 
-    rows = []
+    rows, reasons = [], {}
     for name, path, calls in (("passive", passive, args.budget),
                               ("active", Path(summary["model_path"]), summary["teacher_calls"])):
         score = score_holdout(path, test)
         cache = out / f"stability_{name}_{args.stability_temperature:g}K_{args.horizon_ps:g}ps.json"
         if not cache.exists():  # a rerun reuses finished stability runs
             cache.write_text(json.dumps(time_to_failure(path, atoms, args, out)))
-        rows.append((name, calls, score, json.loads(cache.read_text())))
+        result = json.loads(cache.read_text())
+        if isinstance(result, list):  # written before reasons were recorded
+            result = {"times": result, "reasons": [""] * len(result)}
+        rows.append((name, calls, score, result["times"]))
+        reasons[name] = result["reasons"]
     print()
     print(f"# Active vs passive distillation: {args.smiles}, teacher {args.teacher}, budget "
           f"{args.budget} calls; force errors on teacher MD at {args.temperature:g} K; "
@@ -216,6 +232,9 @@ def main() -> None:
         print(f"| {name} | {calls} | {score['holdout_force_mae_mev']:.1f} | "
               f"{score['holdout_spearman']:.2f} ({score['holdout_spearman_max']:.2f}) | "
               f"{n_fail}/{args.replicas} | {median_text(ttf, args.horizon_ps)} | {times} |")
+    print()
+    for name, why in reasons.items():
+        print(f"{name} failures: " + ("; ".join(w for w in why if w) or "none recorded"))
     (p, a) = rows
     mae_ratio = p[2]["holdout_force_mae_mev"] / a[2]["holdout_force_mae_mev"]
     ttf_ratio = np.median(a[3]) / max(np.median(p[3]), 1e-9)

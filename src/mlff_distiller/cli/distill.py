@@ -32,7 +32,9 @@ def distill(
         "are labelled; the run converges when the MD stays under it",
     ),
     frames_per_iteration: int = typer.Option(
-        D.frames_per_iteration, help="frames labelled per molecule and round"
+        D.frames_per_iteration,
+        help="frames labelled per molecule and round (at least; more when the budget would "
+        "otherwise go unspent by the last round)",
     ),
     max_iterations: int = typer.Option(D.max_iterations),
     members: int = typer.Option(D.members, help="committee members"),

@@ -33,7 +33,7 @@ class DistillConfig:
     save_every: int = 10
     max_uncertainty: float = 0.15
     lost_factor: float = 3.0
-    frames_per_iteration: int = 40  # per molecule
+    frames_per_iteration: int = 40  # per molecule; more when the budget would go unspent
     max_iterations: int = 6
     members: int = 4
     size: str = "fast"

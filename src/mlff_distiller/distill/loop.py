@@ -80,7 +80,8 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
         if remaining <= 0:
             status = "budget_spent"
             break
-        stage(it / "select", lambda it=it, r=remaining: select_stage(config, it, r))
+        quota = round_quota(config, len(molecules), remaining, i)
+        stage(it / "select", lambda it=it, q=quota: select_stage(config, it, q))
         stage(it / "label", lambda it=it, i=i: label_stage(config, it, out, i, say))
         last_round = i == config.max_iterations - 1
         if teacher_calls(out) >= config.budget or last_round:
@@ -451,8 +452,17 @@ def analyse_exploration(config: DistillConfig, model_path: Path, it: Path) -> di
     return found
 
 
-def select_stage(config: DistillConfig, it: Path, remaining: int) -> None:
-    """Write ``it/selected.h5``: the diverse subset of the candidates to label."""
+def round_quota(config: DistillConfig, n_molecules: int, remaining: int, iteration: int) -> int:
+    """Frames to label in round ``iteration``: ``frames_per_iteration`` per molecule, or more
+    when that pace would leave budget unspent after the last round (the ``remaining`` calls
+    spread evenly over the rounds left), never more than ``remaining``."""
+    rounds_left = max(config.max_iterations - iteration, 1)
+    even = -(-remaining // rounds_left)  # ceil
+    return max(0, min(remaining, max(config.frames_per_iteration * n_molecules, even)))
+
+
+def select_stage(config: DistillConfig, it: Path, quota: int) -> None:
+    """Write ``it/selected.h5``: a diverse subset of at most ``quota`` candidates to label."""
     from mlff_distiller.data.hdf5 import Dataset, DatasetWriter
 
     candidates = json.loads((it / "candidates.json").read_text())
@@ -464,8 +474,6 @@ def select_stage(config: DistillConfig, it: Path, remaining: int) -> None:
                 frames.append(atoms)
                 mol.append(str(atoms.info.get(keys.NAME, "")).split("|")[0])
                 unc.append(u)
-    n_mol = max(len(set(mol)), 1)
-    quota = min(config.frames_per_iteration * n_mol, remaining)
     picked = select_frames(
         np.array(unc), np.array(mol), [a.positions for a in frames], config.max_uncertainty, quota
     )
