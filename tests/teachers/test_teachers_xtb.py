@@ -88,3 +88,23 @@ def test_xtb_nve_conserves_energy(ethanol, tmp_path):
     print(f"xTB NVE 200 x 0.25 fs: drift {drift * 1e3:.3f} meV, max-min {spread * 1e3:.3f} meV")
     assert drift < 1e-3
     assert spread < 2e-3
+
+
+def test_xtb_equals_tblites_ase_calculator_along_a_trajectory_and_across_molecules(ethanol):
+    """The teacher calls tblite's API directly (SCF restarted from the previous frame); tblite's
+    own ASE calculator is the reference: frames of one molecule, then another molecule, then the
+    first again (a new element list rebuilds the tblite calculator)."""
+    from tblite.ase import TBLite
+
+    teacher = get_teacher("xtb")
+    reference = TBLite(method="GFN2-xTB", verbosity=0)
+    rng = np.random.default_rng(0)
+    water = molecule("O", name="water")
+    frames = [ethanol.copy() for _ in range(4)] + [water, ethanol.copy()]
+    for a in frames[:4]:
+        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
+    for a in frames:
+        ours, ref = a.copy(), a.copy()
+        ours.calc, ref.calc = teacher, reference
+        assert ours.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(ours.get_forces(), ref.get_forces(), atol=1e-5)

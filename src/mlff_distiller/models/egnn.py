@@ -96,6 +96,34 @@ class EGNNLayer(nn.Module):
         nn.init.zeros_(self.phi_x[-1].weight)
         nn.init.zeros_(self.phi_x[-1].bias)
 
+    def edge_messages(
+        self,
+        h: torch.Tensor,
+        vec: torch.Tensor,
+        senders: torch.Tensor,
+        receivers: torch.Tensor,
+        unit: torch.Tensor,
+        edge_scalars: torch.Tensor,
+    ) -> torch.Tensor:
+        """``phi_e(h_i, h_j, edge_scalars, u . V_i, u . V_j, V_i . V_j)`` (E, H) before the
+        envelope. The first linear map is applied to the node features before they are gathered
+        onto the edges (``W [h_i, h_j, s] = (W_i h)_i + (W_j h)_j + W_s s``): the same numbers
+        with a per-atom instead of a per-edge product for the 2H node columns."""
+        first, act, second = self.phi_e[0][0], self.phi_e[0][1], self.phi_e[0][2]
+        n_h = h.shape[-1]
+        w = first.weight
+        u = unit[:, None, :]
+        vec_i, vec_j = vec[receivers], vec[senders]
+        edge_rest = torch.cat(
+            [edge_scalars, (vec_i * u).sum(-1), (vec_j * u).sum(-1), (vec_i * vec_j).sum(-1)], -1
+        )
+        node_i = nn.functional.linear(h, w[:, :n_h])
+        node_j = nn.functional.linear(h, w[:, n_h : 2 * n_h])
+        pre = node_i[receivers] + node_j[senders] + nn.functional.linear(
+            edge_rest, w[:, 2 * n_h :], first.bias
+        )
+        return self.phi_e[1](second(act(pre)))
+
     def forward(
         self,
         h: torch.Tensor,
@@ -109,13 +137,8 @@ class EGNNLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """h: (n, H); vec: (n, C, 3); unit: (E, 3); edge_scalars: (E, n_rbf + 1);
         envelope: (E,); inv_degree: (n, 1). Returns updated ``(h, vec)``."""
+        m = self.edge_messages(h, vec, senders, receivers, unit, edge_scalars) * envelope[:, None]
         u = unit[:, None, :]
-        proj_i = (vec[receivers] * u).sum(-1)
-        proj_j = (vec[senders] * u).sum(-1)
-        dots = (vec[receivers] * vec[senders]).sum(-1)
-        edge_in = torch.cat([h[receivers], h[senders], edge_scalars, proj_i, proj_j, dots], -1)
-        m = self.phi_e(edge_in) * envelope[:, None]  # (E, H)
-
         coef = self.phi_x(m)  # (E, C)
         vec_msg = torch.zeros_like(vec).index_add_(
             0, receivers, (u * coef[:, :, None]).to(vec.dtype)
