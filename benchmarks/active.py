@@ -84,6 +84,7 @@ def time_to_failure(model_path: Path, atoms, args, out: Path) -> dict:
     current = {r: atoms.copy() for r in alive}
     fail_ps = {r: args.horizon_ps for r in alive}
     reason = {r: "" for r in alive}
+    before = {r: None for r in alive}  # positions of the last sound frame before a failure
     save_every = max(1, int(round(args.md_save_fs / args.dt)))
     for c in range(n_chunks):
         if not alive:
@@ -112,6 +113,8 @@ def time_to_failure(model_path: Path, atoms, args, out: Path) -> dict:
                 k = bad[0] if bad else n
                 fail_ps[r] = t0 + k * save_every * args.dt / 1000
                 reason[r] = why[k] if bad else "MD stopped (non-finite energy or forces)"
+                sound = frames[s][k - 1][keys.POSITIONS] if k >= 1 else current[r].positions
+                before[r] = np.asarray(sound).tolist()
                 continue
             last = frames[s][-1]
             nxt = atoms.copy()
@@ -122,7 +125,31 @@ def time_to_failure(model_path: Path, atoms, args, out: Path) -> dict:
         alive = survivors
         path.unlink()
     return {"times": [fail_ps[r] for r in range(args.replicas)],
-            "reasons": [reason[r] for r in range(args.replicas)]}
+            "reasons": [reason[r] for r in range(args.replicas)],
+            "before_failure": [before[r] for r in range(args.replicas)]}
+
+
+def teacher_check(model_path: Path, atoms, before: list, teacher: str) -> list[float]:
+    """For each failed replica: the largest per-atom force error (eV/Å) of the committee mean
+    against the teacher on the last sound frame before the failure. Above 0.5 eV/Å the student
+    was already wrong there (an artefact of the student); well below, the teacher itself drives
+    the structure towards what the definition calls a failure."""
+    from mlff_distiller.data.batch import AtomsBatch
+
+    model = load_model(model_path).double()
+    calc = get_teacher(teacher)
+    errors = []
+    for positions in before:
+        if positions is None:
+            continue
+        frame = atoms.copy()
+        frame.positions = np.asarray(positions)
+        frame.calc = calc
+        f_teacher = frame.get_forces()
+        batch = AtomsBatch.from_arrays([frame.numbers], [frame.positions], dtype=torch.float64)
+        f_student = model.energy_and_forces(batch)[keys.FORCES].detach().numpy()
+        errors.append(float(np.linalg.norm(f_student - f_teacher, axis=1).max()))
+    return errors
 
 
 def passive_arm(args, atoms, out: Path, train_minutes: float) -> Path:
@@ -199,7 +226,7 @@ def main() -> None:
     trained = sum(json.loads(p.read_text())["wall_s"] for p in member_runs) / 60
     passive = passive_arm(args, atoms, out, train_minutes=trained)
 
-    rows, reasons = [], {}
+    rows, reasons, checks = [], {}, {}
     for name, path, calls in (("passive", passive, args.budget),
                               ("active", Path(summary["model_path"]), summary["teacher_calls"])):
         score = score_holdout(path, test)
@@ -211,6 +238,7 @@ def main() -> None:
             result = {"times": result, "reasons": [""] * len(result)}
         rows.append((name, calls, score, result["times"]))
         reasons[name] = result["reasons"]
+        checks[name] = teacher_check(path, atoms, result.get("before_failure", []), args.teacher)
     print()
     print(f"# Active vs passive distillation: {args.smiles}, teacher {args.teacher}, budget "
           f"{args.budget} calls; force errors on teacher MD at {args.temperature:g} K; "
@@ -235,6 +263,10 @@ def main() -> None:
     print()
     for name, why in reasons.items():
         print(f"{name} failures: " + ("; ".join(w for w in why if w) or "none recorded"))
+        if checks[name]:
+            errs = ", ".join(f"{e:.2f}" for e in sorted(checks[name]))
+            print(f"  {name}: committee-vs-teacher largest atom force error on the last frame "
+                  f"before each failure (eV/Å): {errs}")
     (p, a) = rows
     mae_ratio = p[2]["holdout_force_mae_mev"] / a[2]["holdout_force_mae_mev"]
     ttf_ratio = np.median(a[3]) / max(np.median(p[3]), 1e-9)

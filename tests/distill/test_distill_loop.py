@@ -117,3 +117,59 @@ def test_kill_9_then_rerun_loses_nothing_and_labels_nothing_twice(tmp_path):
     for a, b in zip(before, after[: len(before)], strict=True):
         np.testing.assert_array_equal(a, b)  # nothing committed was lost or rewritten
     assert summary["teacher_calls"] == len(after) <= TINY["budget"]
+
+
+def _spawned_workers(parent: int) -> list[int]:
+    """PIDs of live multiprocessing workers whose parent is ``parent`` (read from /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields["PPid"]) == parent and b"spawn_main" in cmdline:
+            found.append(int(status.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:\t", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
+def test_kill_9_of_the_loop_alone_takes_its_training_workers_with_it(tmp_path):
+    """A user's ``kill -9 PID`` hits only the loop's process: its training workers must not live
+    on as orphans writing to the checkpoints a restarted run will use."""
+    out = tmp_path / "run"
+    code = (
+        "from mlff_distiller.distill.config import DistillConfig;"
+        "from mlff_distiller.distill.loop import run_distill;"
+        f"run_distill(DistillConfig(out={str(out)!r}, **{TINY!r}), say=print)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
+            workers = _spawned_workers(proc.pid) if (out / "iter_00").exists() else []
+            time.sleep(0.2)
+        assert len(workers) == 2, "the two members never started training in parallel"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "training workers outlived the loop"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

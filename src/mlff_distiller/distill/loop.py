@@ -254,11 +254,13 @@ def merged_labels(out: Path) -> Path:
     from mlff_distiller.data.hdf5 import Dataset, DatasetWriter
 
     path = out / "train_data.h5"
-    with DatasetWriter(path, flush_every=512) as writer:
+    tmp = path.with_suffix(".tmp.h5")  # written aside, then renamed over the old file
+    with DatasetWriter(tmp, flush_every=512) as writer:
         for part in label_files(out):
             with Dataset(part) as ds:
                 for i in range(len(ds)):
                     writer.append(ds[i])
+    tmp.replace(path)
     return path
 
 
@@ -313,9 +315,22 @@ def train_members(configs: list, workers: int) -> None:
         for c in todo:
             _train_one(c)
         return
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    context = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent) as pool:
         for future in [pool.submit(_train_one, c) for c in todo]:
             future.result()
+
+
+def _die_with_parent() -> None:
+    """Linux: a training worker is killed when the loop's process dies (``kill -9``), so that a
+    restarted run never meets an orphan still writing to the same member's checkpoints."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _train_one(config) -> str:
