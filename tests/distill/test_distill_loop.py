@@ -173,3 +173,18 @@ def test_kill_9_of_the_loop_alone_takes_its_training_workers_with_it(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_rerun_of_a_finished_run_keeps_each_rounds_call_count(finished_run, tmp_path):
+    """Each round records the calls spent before it; a rerun (every stage already done, as after
+    a kill -9 late in the run) must read the same numbers back, not the final count."""
+    import shutil
+
+    out, summary = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    again = run_distill(DistillConfig(**{**TINY, "out": str(copy)}), say=lambda msg: None)
+    first = [h["teacher_calls"] for h in summary["iterations"]]
+    assert first[0] == TINY["seed_frames"] and first == sorted(first)
+    assert [h["teacher_calls"] for h in again["iterations"]] == first
+    assert again["model_path"].replace(str(copy), str(out)) == summary["model_path"]

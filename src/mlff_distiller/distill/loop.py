@@ -62,7 +62,7 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
     for i in range(config.max_iterations):
         it = out / f"iter_{i:02d}"
         it.mkdir(exist_ok=True)
-        calls = teacher_calls(out)
+        calls = teacher_calls(out, before_iteration=i)  # also right when resuming iteration i
         say(f"[bold]iteration {i}[/]: {calls} of {config.budget} teacher calls spent")
         stage(it / "train", lambda it=it, i=i: train_committee_stage(config, out, it, i, say))
         model_path = it / "committee"
@@ -132,13 +132,18 @@ def label_files(out: Path) -> list[Path]:
     return ([seed] if seed.exists() else []) + [p for p in rounds if "_candidates" not in p.name]
 
 
-def teacher_calls(out: Path) -> int:
-    """Teacher calls spent on labels: frames in every ``labels/*.h5`` plus recorded failures."""
+def teacher_calls(out: Path, before_iteration: int | None = None) -> int:
+    """Teacher calls spent on labels: frames in every ``labels/*.h5`` plus recorded failures;
+    with ``before_iteration`` only the seed set and the rounds before it (what a resumed
+    iteration started from)."""
     from mlff_distiller.data.hdf5 import Dataset
     from mlff_distiller.teachers.labelling import read_failures
 
     total = 0
     for path in label_files(out):
+        if before_iteration is not None and path.name.startswith("iter_"):
+            if int(path.stem.split("_")[1]) >= before_iteration:
+                continue
         with Dataset(path) as ds:
             total += len(ds)
         total += len(read_failures(path))
