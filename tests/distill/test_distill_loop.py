@@ -183,7 +183,12 @@ def test_a_rerun_of_a_finished_run_keeps_each_rounds_call_count(finished_run, tm
     out, summary = finished_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
-    again = run_distill(DistillConfig(**{**TINY, "out": str(copy)}), say=lambda msg: None)
+    # the budget (free to change on a rerun) set to what was spent: then the rerun meets a
+    # spent budget in its first round unless it counts only the calls made before each round
+    spent = summary["teacher_calls"]
+    again = run_distill(
+        DistillConfig(**{**TINY, "out": str(copy), "budget": spent}), say=lambda msg: None
+    )
     first = [h["teacher_calls"] for h in summary["iterations"]]
     assert first[0] == TINY["seed_frames"] and first == sorted(first)
     assert [h["teacher_calls"] for h in again["iterations"]] == first

@@ -84,8 +84,9 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
         stage(it / "select", lambda it=it, q=quota: select_stage(config, it, q))
         stage(it / "label", lambda it=it, i=i: label_stage(config, it, out, i, say))
         last_round = i == config.max_iterations - 1
-        if teacher_calls(out) >= config.budget or last_round:
-            status = "budget_spent" if teacher_calls(out) >= config.budget else status
+        spent = teacher_calls(out, before_iteration=i + 1)  # this round's labels included
+        if spent >= config.budget or last_round:
+            status = "budget_spent" if spent >= config.budget else status
             # one more training on the last labels, scored, so that no label goes unused
             final = out / f"iter_{i + 1:02d}"
             final.mkdir(exist_ok=True)
@@ -93,7 +94,7 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
                 final / "train",
                 lambda f=final, n=i + 1: train_committee_stage(config, out, f, n, say),
             )
-            record = {"iteration": i + 1, "teacher_calls": teacher_calls(out)}
+            record = {"iteration": i + 1, "teacher_calls": spent}
             if holdout.exists():
                 record.update(score_holdout(final / "committee", holdout))
             history = [h for h in history if h["iteration"] != i + 1] + [record]
