@@ -158,8 +158,11 @@ def test_kill_9_of_the_loop_alone_takes_its_training_workers_with_it(tmp_path):
     workers: list[int] = []
     deadline = time.monotonic() + 240
     try:
-        while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
-            workers = _spawned_workers(proc.pid) if (out / "iter_00").exists() else []
+        members = [out / "iter_00" / f"member_{k}" for k in range(2)]
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _spawned_workers(proc.pid)
+            if len(workers) == 2 and all(m.exists() for m in members):  # both are training
+                break
             time.sleep(0.2)
         assert len(workers) == 2, "the two members never started training in parallel"
         os.kill(proc.pid, signal.SIGKILL)

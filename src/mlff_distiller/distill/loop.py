@@ -20,6 +20,8 @@ frame and labels none twice.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -322,21 +324,25 @@ def train_members(configs: list, workers: int) -> None:
             _train_one(c)
         return
     context = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         for future in [pool.submit(_train_one, c) for c in todo]:
             future.result()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Linux: a training worker is killed when the loop's process dies (``kill -9``), so that a
-    restarted run never meets an orphan still writing to the same member's checkpoints."""
+    restarted run never meets an orphan still writing to the same member's checkpoints. A
+    worker whose parent died before this ran exits at once."""
     import ctypes
     import signal
-    import sys
 
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _train_one(config) -> str:
