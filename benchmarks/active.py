@@ -20,7 +20,12 @@ Why 800 K for stability: at 500 K a student distilled passively from 500 teacher
 only 1 of 8 replicas within 10 ps, so a 500 K test would need nanoseconds to separate the arms;
 at 700 K the active arm did not fail within 40 ps. Raising the temperature makes the rare
 excursions that end a long run common (both arms meet 800 K only by extrapolation: the passive
-arm's frames are at 500 K, the active ladder tops at 600 K). Usage::
+arm's frames are at 500 K, the active ladder tops at 600 K). Each failure is recorded with what
+failed, and the committee is compared with the teacher on the last sound frame before it (a
+large force error there: a hole in the student, not chemistry of the teacher).
+
+Stability results are cached in ``--out`` per arm, temperature and horizon, not per model:
+delete ``stability_*.json`` there after retraining an arm. Usage::
 
     python benchmarks/active.py --smiles 'CC(=O)Oc1ccccc1C(=O)O' --budget 500 --out runs/active
 """
