@@ -48,12 +48,12 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
         say = Console().print
     torch.set_num_threads(config.threads)
     out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     if (out / "config.json").exists():
         config.check_same_run(out / "config.json")
         say(f"continuing the run in {out}")
+    molecules = starting_structures(config)  # bad input is refused before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.json")
-    molecules = starting_structures(config)
     (out / "labels").mkdir(exist_ok=True)
     stage(out / "labels" / "seed", lambda: label_seed(config, molecules, say))
     holdout = out / "holdout.h5"

@@ -1,0 +1,19 @@
+"""Bad input to ``mlffd distill`` is refused before anything is written, so the corrected command
+can use the same ``--out`` (a written config.json would make it refuse "other settings")."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlff_distiller.distill.config import DistillConfig
+from mlff_distiller.distill.loop import run_distill
+
+
+@pytest.mark.parametrize(
+    "smiles, message", [("C1CC", "invalid SMILES 'C1CC'"), ("[Og]", "does not support element")]
+)
+def test_bad_molecule_is_named_and_nothing_is_written(tmp_path, smiles, message):
+    out = tmp_path / "run"
+    with pytest.raises(Exception, match=message):
+        run_distill(DistillConfig(smiles=[smiles], out=str(out)), say=lambda msg: None)
+    assert not out.exists()
