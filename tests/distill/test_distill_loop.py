@@ -41,6 +41,17 @@ def _no_duplicates(frames: list[np.ndarray]) -> bool:
     return len(keys) == len(frames)
 
 
+def _start_loop(out: Path) -> subprocess.Popen:
+    """The TINY loop in its own process and session (so that a test can kill it)."""
+    code = (
+        "from mlff_distiller.distill.config import DistillConfig;"
+        "from mlff_distiller.distill.loop import run_distill;"
+        f"run_distill(DistillConfig(out={str(out)!r}, **{TINY!r}), say=print)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("distill") / "run"
@@ -93,13 +104,7 @@ def test_the_report_shows_the_history(finished_run):
 
 def test_kill_9_then_rerun_loses_nothing_and_labels_nothing_twice(tmp_path):
     out = tmp_path / "run"
-    code = (
-        "import sys; from mlff_distiller.distill.config import DistillConfig;"
-        "from mlff_distiller.distill.loop import run_distill;"
-        f"run_distill(DistillConfig(out={str(out)!r}, **{TINY!r}), say=print)"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _start_loop(out)
     deadline = time.monotonic() + 240
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -148,13 +153,7 @@ def test_kill_9_of_the_loop_alone_takes_its_training_workers_with_it(tmp_path):
     """A user's ``kill -9 PID`` hits only the loop's process: its training workers must not live
     on as orphans writing to the checkpoints a restarted run will use."""
     out = tmp_path / "run"
-    code = (
-        "from mlff_distiller.distill.config import DistillConfig;"
-        "from mlff_distiller.distill.loop import run_distill;"
-        f"run_distill(DistillConfig(out={str(out)!r}, **{TINY!r}), say=print)"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _start_loop(out)
     workers: list[int] = []
     deadline = time.monotonic() + 240
     try:

@@ -26,12 +26,13 @@ XTB_ELEMENTS = element_range(1, 86)  # GFN1/GFN2 parametrize H-Rn
 class XTBTeacher(TeacherCalculator):
     """GFN-xTB through tblite's own API (``tblite.interface.Calculator``), not its ASE wrapper.
 
-    Equal results, with half the cost of a call for small molecules: only the energy and the
-    gradient are read back (the ASE wrapper also copies charges, dipole, per-atom energies and
-    bond orders), and there is no second ASE state check. Like the wrapper, the SCF starts from
-    the previous structure's converged result (MD steps, labelling a trajectory); when such a
-    restart fails to converge, the call is repeated once from tblite's default guess before it
-    is an error. A new element list, charge or multiplicity builds a new tblite calculator.
+    Equal results (to 1e-6 eV), 1.04x (aspirin) to 1.22x (isopropanol) faster per call: only
+    the energy and the gradient are read back (the ASE wrapper also copies charges, dipole,
+    per-atom energies and bond orders), and there is no second ASE state check. Like the
+    wrapper, the SCF starts from the previous structure's converged result (MD steps, labelling
+    a trajectory); when such a restart fails to converge, the call is repeated once from
+    tblite's default guess before it is an error. A new element list or periodicity builds a
+    new tblite calculator.
     """
 
     def __init__(self, info: TeacherInfo, settings: dict[str, Any]) -> None:
