@@ -39,12 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.data import chemical_symbols, covalent_radii
 
 from mlff_distiller import keys, thermo, units
 from mlff_distiller.data.hdf5 import Dataset
 from mlff_distiller.data.structures import from_smiles
 from mlff_distiller.distill.config import DistillConfig
+from mlff_distiller.distill.failure import failure, reference_bonds
 from mlff_distiller.distill.holdout import score_holdout
 from mlff_distiller.distill.loop import run_distill, save_committee, train_members
 from mlff_distiller.md.runner import MDConfig, MDError, run_md
@@ -56,27 +56,7 @@ from mlff_distiller.training.config import TrainConfig
 
 def bonds_of(atoms) -> tuple[np.ndarray, np.ndarray]:
     """Bonded pairs (b, 2) of a structure and their lengths (b,) Å."""
-    pos, z = atoms.positions, atoms.numbers
-    i, j = np.triu_indices(len(atoms), k=1)
-    d = np.linalg.norm(pos[i] - pos[j], axis=1)
-    bonded = d < 1.2 * (covalent_radii[z[i]] + covalent_radii[z[j]])
-    return np.stack([i[bonded], j[bonded]], axis=1), d[bonded]
-
-
-def failure(positions: np.ndarray, numbers: np.ndarray, bonds: np.ndarray, ref: np.ndarray) -> str:
-    """The failure definition of this benchmark (see the module docstring): "" when the frame
-    is sound, else what failed (the first stretched bond, e.g. ``O-H 3-20 x1.62``)."""
-    if not np.isfinite(positions).all():
-        return "non-finite positions"
-    stretched = np.linalg.norm(positions[bonds[:, 0]] - positions[bonds[:, 1]], axis=1) / ref
-    if (stretched > 1.5).any():
-        b = int(np.argmax(stretched))
-        i, j = (int(x) for x in bonds[b])
-        return f"{chemical_symbols[numbers[i]]}-{chemical_symbols[numbers[j]]} {i}-{j} " \
-               f"x{stretched[b]:.2f}"
-    i, j = np.triu_indices(len(positions), k=1)
-    close = np.linalg.norm(positions[i] - positions[j], axis=1) < 0.5
-    return f"atoms {i[close][0]}-{j[close][0]} closer than 0.5 A" if close.any() else ""
+    return reference_bonds(atoms.numbers, atoms.positions)
 
 
 def time_to_failure(model_path: Path, atoms, args, out: Path) -> dict:
@@ -200,6 +180,8 @@ def main() -> None:
     parser.add_argument("--max-iterations", type=int, default=8)
     parser.add_argument("--explore-replicas", type=int, default=8,
                         help="active student MD replicas per temperature and round")
+    parser.add_argument("--explore-bias-kt", type=float, default=20.0,
+                        help="active: uncertainty-biased exploration at the top temperature, kT")
     parser.add_argument("--first-train-minutes", type=float, default=2.0)
     parser.add_argument("--train-minutes", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=Path("runs/active"))
@@ -225,6 +207,7 @@ def main() -> None:
         max_uncertainty=args.max_uncertainty, seed=args.seed, md_fs=args.md_fs,
         max_iterations=args.max_iterations, first_train_minutes=args.first_train_minutes,
         train_minutes=args.train_minutes, replicas=args.explore_replicas,
+        explore_bias_kt=args.explore_bias_kt,
     ))
     active_min = (time.perf_counter() - t0) / 60
     member_runs = (out / "active").glob("iter_*/member_0/result.json")

@@ -23,7 +23,7 @@ TINY = dict(
     smiles=["CCO"], teacher="xtb", budget=40, seed_frames=16, temperatures_k=[300.0, 800.0],
     replicas=1, md_fs=100.0, save_every=5, max_uncertainty=0.02, frames_per_iteration=8,
     max_iterations=2, members=2, size="fast", first_train_minutes=0.15, train_minutes=0.08,
-    max_epochs=60, holdout_fs=50.0, seed=3,
+    max_epochs=60, holdout_fs=50.0, seed=3, explore_bias_kt=100.0,
 )
 
 
@@ -90,6 +90,37 @@ def test_the_selected_frames_are_the_uncertain_ones(finished_run):
     assert candidates and all(u > TINY["max_uncertainty"] for _, _, u in candidates)
     u = frame_uncertainties(out / "iter_00" / "committee", out / "iter_00" / "selected.h5")
     assert (u > TINY["max_uncertainty"]).all()
+
+
+def test_the_biased_exploration_reaches_frames_the_committee_disagrees_on_more(finished_run):
+    """The biased run at the top temperature starts where the unbiased one starts, with its
+    settings recorded; the committee's energy variance over its frames is larger."""
+    from mlff_distiller.distill.loop import frame_uncertainties
+
+    out, summary = finished_run
+    it = out / "iter_00"
+    settings = json.loads((it / "bias.json").read_text())
+    assert settings["temperature_k"] == 800.0 and settings["width_ev"] > 0
+    assert abs(settings["strength_ev"] - 100.0 * 8.617333e-5 * 800.0) < 1e-4  # 100 kT at 800 K
+    _, plain = frame_uncertainties(it / "committee", it / "md_800K.h5", energy_variance=True)
+    _, biased = frame_uncertainties(it / "committee", it / "md_800K_biased.h5",
+                                    energy_variance=True)
+    assert np.median(biased[1:]) > 1.5 * np.median(plain[1:])
+    runs = summary["iterations"][0]["per_temperature"]
+    assert runs["800K_biased"]["candidates"] > 0
+    # the biased run's frames get one run's share (of 3) of the round's 12 labels, and what
+    # the unbiased runs leave
+    with Dataset(it / "md_800K_biased.h5") as ds:
+        far_out = {np.round(ds.get_arrays(i)["positions"], 5).tobytes() for i in range(len(ds))}
+    with Dataset(it / "selected.h5") as ds:
+        picked = [np.round(ds.get_arrays(i)["positions"], 5).tobytes() for i in range(len(ds))]
+    n_plain = summary["iterations"][0]["unbiased_candidates"]
+    n_biased = runs["800K_biased"]["candidates"]
+    assert len(picked) == min(12, n_plain + n_biased)
+    assert sum(p in far_out for p in picked) == min(n_biased, max(4, 12 - n_plain))
+    assert summary["iterations"][0]["unbiased_candidates"] == sum(
+        runs[k]["candidates"] for k in ("300K", "800K")
+    )
 
 
 def test_the_report_shows_the_history(finished_run):

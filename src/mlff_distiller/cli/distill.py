@@ -31,6 +31,11 @@ def distill(
         help="eV/Å: frames whose largest per-atom committee force deviation passes it "
         "are labelled; the run converges when the MD stays under it",
     ),
+    explore_bias_kt: float = typer.Option(
+        D.explore_bias_kt,
+        help="kT: one more student MD at the top temperature, biased towards where the "
+        "committee disagrees, finds rare failures sooner (0: off)",
+    ),
     frames_per_iteration: int = typer.Option(
         D.frames_per_iteration,
         help="frames labelled per molecule and round (at least; more when the budget would "
@@ -71,6 +76,7 @@ def distill(
             replicas=replicas,
             md_fs=md_fs,
             max_uncertainty=max_uncertainty,
+            explore_bias_kt=explore_bias_kt,
             frames_per_iteration=frames_per_iteration,
             max_iterations=max_iterations,
             members=members,

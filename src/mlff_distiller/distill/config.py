@@ -33,6 +33,7 @@ class DistillConfig:
     save_every: int = 10
     max_uncertainty: float = 0.15
     lost_factor: float = 3.0
+    explore_bias_kt: float = 0.0  # uncertainty-biased exploration at the top temperature, kT
     frames_per_iteration: int = 40  # per molecule; more when the budget would go unspent
     max_iterations: int = 6
     members: int = 4
@@ -62,8 +63,10 @@ class DistillConfig:
         for name in ("md_fs", "dt_fs", "max_uncertainty", "first_train_minutes", "train_minutes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.holdout_fs < 0 or self.rattle_a < 0 or self.lost_factor < 1:
-            raise ValueError("holdout_fs and rattle_a must be >= 0 and lost_factor >= 1")
+        if self.holdout_fs < 0 or self.rattle_a < 0 or self.explore_bias_kt < 0:
+            raise ValueError("holdout_fs, rattle_a and explore_bias_kt must be >= 0")
+        if self.lost_factor < 1:
+            raise ValueError(f"lost_factor must be >= 1, got {self.lost_factor}")
         if not self.temperatures_k or min(self.temperatures_k) <= 0:
             raise ValueError(f"temperatures_k must be positive, got {self.temperatures_k}")
         self.temperatures_k = sorted(float(t) for t in self.temperatures_k)

@@ -4,17 +4,19 @@ Iteration ``i`` (``out/iter_<i>/``), every stage resumable and marked done by a 
 
 1. **train**: a committee of students on every frame labelled so far; members train in parallel
    processes, each warm-started from its predecessor of the previous iteration.
-2. **explore**: batched student MD of every molecule over the temperature ladder.
+2. **explore**: batched student MD of every molecule over the temperature ladder, and (with
+   ``explore_bias_kt > 0``) once more at the top temperature drawn towards where the committee
+   disagrees (uncertainty-biased MD), which reaches the rare excursions that end long runs.
 3. **select**: frames whose committee uncertainty passes the threshold (up to the point where a
    replica is lost), thinned to a diverse set within the remaining budget.
 4. **label**: the teacher labels them (on Ray with ``workers > 0``) into ``labels/``.
 
 Before the first iteration the seed set (rattled RDKit conformers) is labelled, and a held-out
 teacher MD at the top temperature is run to score each committee (not counted in the budget).
-The loop stops when an exploration finds no frame above the threshold and loses no replica
-(``converged``), when the budget is spent, or after ``max_iterations``. The teacher-call count
-is read back from the label files, so a run killed with ``kill -9`` and started again loses no
-frame and labels none twice.
+The loop stops when the unbiased exploration finds no frame above the threshold and loses no
+replica (``converged``), when the budget is spent, or after ``max_iterations``. The teacher-call
+count is read back from the label files, so a run killed with ``kill -9`` and started again
+loses no frame and labels none twice.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
             record.update(score_holdout(model_path, holdout))
         history = [h for h in history if h["iteration"] != i] + [record]
         _write_history(out, history)
-        if found["candidates"] == 0 and found["lost_replicas"] == 0:
+        unbiased = found.get("unbiased_candidates", found["candidates"])
+        if unbiased == 0 and found["lost_replicas"] == 0:
             status = "converged"
             break
         remaining = config.budget - calls
@@ -366,8 +369,9 @@ def save_committee(member_paths: list[Path], path: Path) -> None:
 def explore(
     config: DistillConfig, molecules: list[Atoms], model_path: Path, it: Path, say: Say
 ) -> None:
-    """Student NVT MD of every molecule x ``replicas`` at each temperature, batched."""
-    from mlff_distiller.md.runner import MDConfig, MDError, run_md
+    """Student NVT MD of every molecule x ``replicas`` at each temperature, batched; then, with
+    ``explore_bias_kt > 0``, the same at the top temperature under the uncertainty bias
+    (:mod:`mlff_distiller.md.uncertainty_bias`, settings in ``it/bias.json``)."""
     from mlff_distiller.models.io import load_model
 
     model = load_model(model_path)
@@ -377,24 +381,64 @@ def explore(
             copy = atoms.copy()
             copy.info[keys.NAME] = f"{atoms.info.get(keys.NAME)}|{r}"
             structures.append(copy)
-    for t in config.temperatures_k:
-        path = it / f"md_{t:g}K.h5"
-        if (it / f"md_{t:g}K.h5{DONE}").exists():
+    for label, t, biased in exploration_runs(config):
+        if (it / f"md_{label}.h5{DONE}").exists():
             continue
-        say(f"student MD at {t:g} K: {len(structures)} replicas x {config.md_fs:g} fs")
-        md = MDConfig(
-            steps=int(round(config.md_fs / config.dt_fs)),
-            dt_fs=config.dt_fs,
-            temperature_k=t,
-            friction_per_ps=config.friction_per_ps,
-            save_every=config.save_every,
-            seed=config.seed + int(t),
-        )
-        try:
-            run_md(model, structures, md, out=path, resume=path.exists(), dtype=torch_float32())
-        except MDError as err:  # a replica blew up: its frames so far are in the file
-            (it / f"md_{t:g}K.failed").write_text(str(err))
-        (it / f"md_{t:g}K.h5{DONE}").touch()
+        provider = bias_provider(config, model, model_path, it, t) if biased else model
+        kind = " under the uncertainty bias" if biased else ""
+        say(f"student MD at {t:g} K{kind}: {len(structures)} replicas x {config.md_fs:g} fs")
+        # the biased run shares the unbiased run's seed: it differs by the bias alone
+        _explore_run(config, provider, structures, it, label, t, seed=config.seed + int(t))
+
+
+def exploration_runs(config: DistillConfig) -> list[tuple[str, float, bool]]:
+    """(label, temperature K, biased) of each exploration run; its trajectory is
+    ``md_<label>.h5``."""
+    runs = [(f"{t:g}K", t, False) for t in config.temperatures_k]
+    if config.explore_bias_kt > 0:
+        t_top = config.temperatures_k[-1]
+        runs.append((f"{t_top:g}K_biased", t_top, True))
+    return runs
+
+
+def _explore_run(config, model, structures, it: Path, label: str, t: float, seed: int) -> None:
+    from mlff_distiller.md.runner import MDConfig, MDError, run_md
+
+    path = it / f"md_{label}.h5"
+    md = MDConfig(
+        steps=int(round(config.md_fs / config.dt_fs)),
+        dt_fs=config.dt_fs,
+        temperature_k=t,
+        friction_per_ps=config.friction_per_ps,
+        save_every=config.save_every,
+        seed=seed,
+    )
+    try:
+        run_md(model, structures, md, out=path, resume=path.exists(), dtype=torch_float32())
+    except MDError as err:  # a replica blew up: its frames so far are in the file
+        (it / f"md_{label}.failed").write_text(str(err))
+    (it / f"md_{label}.h5{DONE}").touch()
+
+
+def bias_provider(config: DistillConfig, model, model_path: Path, it: Path, t: float):
+    """The committee under the uncertainty bias at ``t`` K: strength ``explore_bias_kt`` kT;
+    width B from the unbiased run at ``t``: ``N B^2`` = 4x the median energy variance of the
+    committee over its frames (per atom), so that the bias force acts from where the unbiased
+    MD already is towards more uncertain frames. Kept in ``it/bias.json``."""
+    from mlff_distiller import units
+    from mlff_distiller.md.uncertainty_bias import UncertaintyBias
+
+    record = it / "bias.json"
+    if not record.exists():
+        _, variance = frame_uncertainties(model_path, it / f"md_{t:g}K.h5", energy_variance=True)
+        settings = {
+            "temperature_k": t,
+            "strength_ev": config.explore_bias_kt * units.BOLTZMANN * t,
+            "width_ev": float(np.sqrt(4.0 * np.median(variance))),
+        }
+        record.write_text(json.dumps(settings, indent=2))
+    settings = json.loads(record.read_text())
+    return UncertaintyBias(model, settings["strength_ev"], settings["width_ev"])
 
 
 def torch_float32():
@@ -403,30 +447,40 @@ def torch_float32():
     return torch.float32
 
 
-def frame_uncertainties(model_path: Path, path: Path, batch_size: int = 64) -> np.ndarray:
-    """STRUCTURE_UNCERTAINTY (n_frames,) eV/Å of the committee on every frame of ``path``."""
+def frame_uncertainties(
+    model_path: Path, path: Path, batch_size: int = 64, energy_variance: bool = False
+):
+    """STRUCTURE_UNCERTAINTY (n_frames,) eV/Å of the committee on every frame of ``path``; with
+    ``energy_variance`` also the variance of the members' energies per atom (n_frames,) eV^2."""
     from mlff_distiller.data.hdf5 import Dataset
+    from mlff_distiller.md.uncertainty_bias import energy_variance as variance_of
     from mlff_distiller.models.io import load_model
 
     model = load_model(model_path)
-    values = []
+    values, variances = [], []
     with Dataset(path) as ds:
         for start in range(0, len(ds), batch_size):
             idx = np.arange(start, min(start + batch_size, len(ds)))
             batch = ds.get_batch(idx, labels=[])
             out = model.energy_and_forces(batch)
             values.append(out[keys.STRUCTURE_UNCERTAINTY].detach().double().numpy())
-    return np.concatenate(values) if values else np.zeros(0)
+            n_atoms = np.bincount(batch.system_idx.numpy(), minlength=batch.n_systems)
+            var = variance_of(out[keys.MEMBER_ENERGIES].detach().double()).numpy()
+            variances.append(var / n_atoms)
+    u = np.concatenate(values) if values else np.zeros(0)
+    if energy_variance:
+        return u, (np.concatenate(variances) if variances else np.zeros(0))
+    return u
 
 
 def replica_traces(config: DistillConfig, model_path: Path, it: Path) -> dict:
-    """Per temperature: (n_saves, n_replicas) uncertainties, times (fs), replica names, and the
-    frame index of each (save, replica) in the MD file."""
+    """Per exploration run (label, see :func:`exploration_runs`): (n_saves, n_replicas)
+    uncertainties, times (fs), replica names, whether the run was biased or stopped early."""
     from mlff_distiller.data.hdf5 import Dataset
 
     traces = {}
-    for t in config.temperatures_k:
-        path = it / f"md_{t:g}K.h5"
+    for label, _, biased in exploration_runs(config):
+        path = it / f"md_{label}.h5"
         if not path.exists():
             continue
         with Dataset(path) as ds:
@@ -434,24 +488,47 @@ def replica_traces(config: DistillConfig, model_path: Path, it: Path) -> dict:
             n_rep = len(names)
             n_saves = len(ds) // n_rep
         u = frame_uncertainties(model_path, path)[: n_saves * n_rep].reshape(n_saves, n_rep)
-        traces[t] = {
+        traces[label] = {
             "uncertainty": u,
+            "sound_saves": sound_saves(path, n_saves, n_rep) if biased else None,
             "names": names,
+            "biased": biased,
             "time_fs": np.arange(n_saves) * config.save_every * config.dt_fs,
-            "failed": (it / f"md_{t:g}K.failed").exists(),
+            "failed": (it / f"md_{label}.failed").exists(),
         }
     return traces
 
 
+def sound_saves(path: Path, n_saves: int, n_rep: int) -> np.ndarray:
+    """(n_rep,) saves of each replica before its first failed frame
+    (:func:`mlff_distiller.distill.failure.failure`, bonds of its first frame)."""
+    from mlff_distiller.data.hdf5 import Dataset
+    from mlff_distiller.distill.failure import failure, reference_bonds
+
+    sound = np.full(n_rep, n_saves)
+    with Dataset(path) as ds:
+        for r in range(n_rep):
+            first = ds.get_arrays(r)
+            numbers = first[keys.ATOMIC_NUMBERS]
+            bonds, ref = reference_bonds(numbers, first[keys.POSITIONS])
+            for s in range(1, n_saves):
+                if failure(ds.get_arrays(s * n_rep + r)[keys.POSITIONS], numbers, bonds, ref):
+                    sound[r] = s
+                    break
+    return sound
+
+
 def analyse_exploration(config: DistillConfig, model_path: Path, it: Path) -> dict:
-    """Candidates (frames above the threshold before their replica was lost) and lost replicas
-    per temperature; cached in ``it/exploration.json``."""
+    """Candidates (frames above the threshold before their replica was lost; for the biased
+    run, before its structure failed) of every run, and lost replicas of the unbiased runs (a
+    biased run seeks uncertainty: its losses say nothing about the student's own MD); cached in
+    ``it/exploration.json``."""
     cache = it / "exploration.json"
     if cache.exists():
         return json.loads(cache.read_text())
     traces = replica_traces(config, model_path, it)
-    per_t, candidates, lost = {}, [], 0
-    for t, tr in traces.items():
+    per_run, candidates, lost = {}, [], 0
+    for label, tr in traces.items():
         u = tr["uncertainty"]
         n_saves, n_rep = u.shape
         t_cand, t_lost = 0, 0
@@ -462,19 +539,27 @@ def analyse_exploration(config: DistillConfig, model_path: Path, it: Path) -> di
             stop = int(over[0]) + 1 if len(over) else n_saves
             if len(over) or tr["failed"]:
                 t_lost += 1
+            if tr["biased"]:  # far out by design: every frame until the structure fails
+                stop = int(tr["sound_saves"][r])
             for s in np.flatnonzero(u[1:stop, r] > config.max_uncertainty) + 1:
-                candidates.append([float(t), int(s * n_rep + r), float(u[s, r])])
+                candidates.append([label, int(s * n_rep + r), float(u[s, r])])
                 t_cand += 1
-        per_t[f"{t:g}"] = {
+        per_run[label] = {
             "candidates": t_cand,
             "lost": t_lost,
             "max_uncertainty": float(u.max()) if u.size else 0.0,
             "median_uncertainty": float(np.median(u)) if u.size else 0.0,
         }
-        lost += t_lost
-    found = {"candidates": len(candidates), "lost_replicas": lost, "per_temperature": per_t}
+        lost += 0 if tr["biased"] else t_lost
+    unbiased = sum(per_run[k]["candidates"] for k, tr in traces.items() if not tr["biased"])
+    found = {
+        "candidates": len(candidates),
+        "unbiased_candidates": unbiased,
+        "lost_replicas": lost,
+        "per_temperature": per_run,
+    }
     (it / "candidates.json").write_text(json.dumps(candidates))
-    np.savez(it / "traces.npz", **{f"{t:g}K": tr["uncertainty"] for t, tr in traces.items()})
+    np.savez(it / "traces.npz", **{label: tr["uncertainty"] for label, tr in traces.items()})
     cache.write_text(json.dumps(found, indent=2))
     return found
 
@@ -489,23 +574,38 @@ def round_quota(config: DistillConfig, n_molecules: int, remaining: int, iterati
 
 
 def select_stage(config: DistillConfig, it: Path, quota: int) -> None:
-    """Write ``it/selected.h5``: a diverse subset of at most ``quota`` candidates to label."""
+    """Write ``it/selected.h5``: a diverse subset of at most ``quota`` candidates to label. The
+    biased run's candidates (far out, and the most diverse by construction) get at most their
+    run's share of the quota (one run of the exploration's), the unbiased runs the rest."""
     from mlff_distiller.data.hdf5 import Dataset, DatasetWriter
 
     candidates = json.loads((it / "candidates.json").read_text())
-    frames, mol, unc = [], [], []
-    for t in sorted({c[0] for c in candidates}):  # each MD file opened once
-        with Dataset(it / f"md_{t:g}K.h5") as ds:
-            for _, index, u in (c for c in candidates if c[0] == t):
+    for c in candidates:  # runs written before the biased run were keyed by temperature
+        c[0] = f"{c[0]:g}K" if isinstance(c[0], (int, float)) else c[0]
+    frames, mol, unc, biased = [], [], [], []
+    for label in sorted({c[0] for c in candidates}):  # each MD file opened once
+        with Dataset(it / f"md_{label}.h5") as ds:
+            for _, index, u in (c for c in candidates if c[0] == label):
                 atoms = ds[int(index)]
                 frames.append(atoms)
                 mol.append(str(atoms.info.get(keys.NAME, "")).split("|")[0])
                 unc.append(u)
-    picked = select_frames(
-        np.array(unc), np.array(mol), [a.positions for a in frames], config.max_uncertainty, quota
-    )
+                biased.append(label.endswith("_biased"))
+    biased = np.array(biased, dtype=bool)
+    n_runs = len(exploration_runs(config))
+    biased_quota = min(int(biased.sum()), -(-quota // n_runs)) if biased.any() else 0
+    plain_quota = min(int((~biased).sum()), quota - biased_quota)
+    biased_quota = min(int(biased.sum()), quota - plain_quota)  # what the unbiased runs leave
+    picked = []
+    for pool, share in ((~biased, plain_quota), (biased, biased_quota)):
+        idx = np.flatnonzero(pool)
+        chosen = select_frames(
+            np.array(unc)[idx], np.array(mol)[idx], [frames[k].positions for k in idx],
+            config.max_uncertainty, share,
+        )  # fmt: skip
+        picked += [int(idx[k]) for k in chosen]
     with DatasetWriter(it / "selected.h5", flush_every=64) as writer:
-        for k in picked:
+        for k in sorted(picked):
             writer.append_frame(frames[k].numbers, frames[k].positions, molecule=mol[k])
 
 
