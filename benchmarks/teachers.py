@@ -1,7 +1,8 @@
 """Teacher speed: ms per energy+forces call on aspirin (21 atoms) and a ~50-atom molecule,
-and Ray labelling throughput against serial labelling (ratio), measured side by side.
+our xTB teacher (tblite's API) against tblite's own ASE calculator, and Ray labelling throughput
+against serial labelling (ratio), measured side by side.
 
-    OMP_NUM_THREADS=1 python benchmarks/teachers.py [--quick] [--workers 2]
+    OMP_NUM_THREADS=1 python benchmarks/teachers.py [--quick] [--workers 2] [--only-xtb]
 """
 
 from __future__ import annotations
@@ -82,6 +83,25 @@ def bench_teachers(quick: bool) -> None:
         print(f"{'openmm-amber14':<16}  alanine dipeptide (22 atoms): {ms:.3f} ms")
 
 
+def bench_xtb_paths(repeats: int) -> None:
+    """GFN2-xTB per call along a trajectory of small steps (SCF restarted from the previous
+    frame in both): the ``xtb`` teacher against ``tblite.ase.TBLite``, interleaved per molecule."""
+    from tblite.ase import TBLite
+
+    from mlff_distiller.teachers import get_teacher
+
+    print("\nGFN2-xTB per call: the xtb teacher (tblite API) vs tblite's ASE calculator")
+    print(f"{'molecule':<20}{'atoms':>6}{'xtb teacher ms':>16}{'tblite ASE ms':>15}{'ratio':>8}")
+    for smiles, name in (("CC(O)C", "isopropanol"), (ASPIRIN, "aspirin"), (FIFTY, "fifty")):
+        atoms = _molecule(smiles, name)
+        ours, theirs = [], []
+        for _ in range(3):  # alternate, so that a busy moment hits both
+            ours.append(time_calls(get_teacher("xtb"), atoms, repeats))
+            theirs.append(time_calls(TBLite(method="GFN2-xTB", verbosity=0), atoms, repeats))
+        a, b = float(np.median(ours)), float(np.median(theirs))
+        print(f"{name:<20}{len(atoms):>6}{a:>16.2f}{b:>15.2f}{b / a:>7.2f}x")
+
+
 def bench_labelling(workers: int, n: int, teacher: str) -> None:
     from mlff_distiller.data.hdf5 import DatasetWriter
     from mlff_distiller.teachers.labelling import label_dataset
@@ -122,7 +142,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frames", type=int, default=400)
     parser.add_argument("--label-teacher", default="xtb")
+    parser.add_argument("--only-xtb", action="store_true", help="only the two xTB paths")
     args = parser.parse_args()
+    bench_xtb_paths(10 if args.quick else 40)
+    if args.only_xtb:
+        return
     bench_teachers(args.quick)
     bench_labelling(args.workers, args.frames, args.label_teacher)
 

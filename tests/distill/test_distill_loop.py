@@ -127,6 +127,7 @@ def test_the_report_shows_the_history(finished_run):
     out, summary = finished_run
     report = (out / "report.md").read_text()
     assert "held-out force MAE" in report and "Calibration" in report
+    assert "100 kT uncertainty bias" in report
     for name in ("error_vs_calls.png", "calibration.png", "uncertainty_md.png"):
         assert (out / name).stat().st_size > 5000
     scored = [h for h in summary["iterations"] if "holdout_force_mae_mev" in h]

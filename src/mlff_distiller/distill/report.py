@@ -34,7 +34,13 @@ def write_report(out: Path, summary: dict) -> Path:
         f"uncertainty threshold {cfg['max_uncertainty']:g} eV/Å (largest per-atom committee "
         f"force deviation); student MD {cfg['md_fs']:g} fs per replica at "
         + ", ".join(f"{t:g}" for t in cfg["temperatures_k"])
-        + " K.",
+        + " K"
+        + (
+            f", plus one run at the top temperature under a {cfg['explore_bias_kt']:g} kT "
+            "uncertainty bias (its candidates in the table, its lost replicas not)."
+            if cfg.get("explore_bias_kt", 0) > 0
+            else "."
+        ),
         "",
     ]
     scored = [h for h in history if "holdout_force_mae_mev" in h]
