@@ -227,3 +227,23 @@ def test_a_rerun_of_a_finished_run_keeps_each_rounds_call_count(finished_run, tm
     assert first[0] == TINY["seed_frames"] and first == sorted(first)
     assert [h["teacher_calls"] for h in again["iterations"]] == first
     assert again["model_path"].replace(str(copy), str(out)) == summary["model_path"]
+
+
+def test_a_rerun_with_fewer_rounds_or_a_smaller_budget_is_refused_before_anything_changes(
+    finished_run, tmp_path
+):
+    import shutil
+
+    out, summary = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    before = (copy / "history.json").read_text()
+    rounds = TINY["max_iterations"]
+    with pytest.raises(ValueError, match=f"already holds {rounds} rounds"):
+        run_distill(DistillConfig(**{**TINY, "out": str(copy), "max_iterations": rounds - 1}),
+                    say=lambda msg: None)
+    spent = summary["teacher_calls"]
+    with pytest.raises(ValueError, match=f"already spent {spent} teacher calls"):
+        run_distill(DistillConfig(**{**TINY, "out": str(copy), "budget": spent - 1}),
+                    say=lambda msg: None)
+    assert (copy / "history.json").read_text() == before

@@ -62,6 +62,7 @@ def run_distill(config: DistillConfig, say: Say | None = None) -> dict:
     if config.holdout_fs > 0:
         stage(out / "holdout", lambda: run_holdout(config, molecules, holdout, say))
     history = _read_history(out)
+    check_continuation(config, out, history)
     status = "max_iterations"
     for i in range(config.max_iterations):
         it = out / f"iter_{i:02d}"
@@ -154,6 +155,23 @@ def teacher_calls(out: Path, before_iteration: int | None = None) -> int:
             total += len(ds)
         total += len(read_failures(path))
     return total
+
+
+def check_continuation(config: DistillConfig, out: Path, history: list[dict]) -> None:
+    """Refuse to continue a run with fewer rounds or a smaller budget than it already used:
+    its later rounds would be rewritten as if they had not happened."""
+    done = max((h["iteration"] for h in history), default=0)
+    if done > config.max_iterations:
+        raise ValueError(
+            f"{out} already holds {done} rounds; max_iterations={config.max_iterations} "
+            f"would rewrite them: continue with at least {done}"
+        )
+    spent = teacher_calls(out)
+    if spent > config.budget:
+        raise ValueError(
+            f"{out} already spent {spent} teacher calls; budget={config.budget} is smaller: "
+            f"continue with a budget of at least {spent}"
+        )
 
 
 def _read_history(out: Path) -> list[dict]:

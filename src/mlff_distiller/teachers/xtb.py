@@ -27,12 +27,12 @@ class XTBTeacher(TeacherCalculator):
     """GFN-xTB through tblite's own API (``tblite.interface.Calculator``), not its ASE wrapper.
 
     Equal results (to 1e-6 eV), 1.1x faster per call for 12-21 atoms and equal at 52
-    (``benchmarks/teachers.py --only-xtb``): only the energy and the gradient are read back (the ASE wrapper also copies charges, dipole,
-    per-atom energies and bond orders), and there is no second ASE state check. Like the
-    wrapper, the SCF starts from the previous structure's converged result (MD steps, labelling
-    a trajectory); when such a restart fails to converge, the call is repeated once from
-    tblite's default guess before it is an error. A new element list or periodicity builds a
-    new tblite calculator.
+    (``benchmarks/teachers.py --only-xtb``): only the energy and the gradient are read back
+    (the ASE wrapper also copies charges, dipole, per-atom energies and bond orders), and there
+    is no second ASE state check. Like the wrapper, the SCF starts from the previous structure's
+    converged result (MD steps, labelling a trajectory); when such a restart fails to converge,
+    the call is repeated once from tblite's default guess before it is an error. A new element
+    list or periodicity builds a new tblite calculator.
     """
 
     def __init__(self, info: TeacherInfo, settings: dict[str, Any]) -> None:
