@@ -19,10 +19,12 @@ length, two atoms closer than 0.5 Å, or non-finite positions. Frames are checke
 Why 800 K for stability: at 500 K a student distilled passively from 500 teacher calls failed in
 only 1 of 8 replicas within 10 ps, so a 500 K test would need nanoseconds to separate the arms;
 at 700 K the active arm did not fail within 40 ps. Raising the temperature makes the rare
-excursions that end a long run common (both arms meet 800 K only by extrapolation: the passive
-arm's frames are at 500 K, the active ladder tops at 600 K). Each failure is recorded with what
-failed, and the committee is compared with the teacher on the last sound frame before it (a
-large force error there: a hole in the student, not chemistry of the teacher).
+excursions that end a long run common (the passive arm meets 800 K only by extrapolation from
+its 500 K frames; the active ladder, 300, 400, 500 and ``--top-temperature`` 800 K by default,
+explores it). Each failure is recorded with what failed (the definition is
+:mod:`mlff_distiller.distill.failure`, shared with the loop), and the committee is compared
+with the teacher on the last sound frame before it (a large force error there: a hole in the
+student, not chemistry of the teacher).
 
 Stability results are cached in ``--out`` per arm, temperature and horizon, not per model:
 delete ``stability_*.json`` there after retraining an arm. Usage::
@@ -165,7 +167,8 @@ def main() -> None:
     parser.add_argument("--teacher", default="xtb")
     parser.add_argument("--budget", type=int, default=500)
     parser.add_argument("--temperature", type=float, default=500.0, help="test temperature, K")
-    parser.add_argument("--top-temperature", type=float, default=600.0)
+    parser.add_argument("--top-temperature", type=float, default=800.0,
+                        help="top of the active arm's ladder, K (300, 400, --temperature, top)")
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--size", default="fast")
     parser.add_argument("--replicas", type=int, default=8)
@@ -180,7 +183,7 @@ def main() -> None:
     parser.add_argument("--max-iterations", type=int, default=8)
     parser.add_argument("--explore-replicas", type=int, default=8,
                         help="active student MD replicas per temperature and round")
-    parser.add_argument("--explore-bias-kt", type=float, default=20.0,
+    parser.add_argument("--explore-bias-kt", type=float, default=0.0,
                         help="active: uncertainty-biased exploration at the top temperature, kT")
     parser.add_argument("--first-train-minutes", type=float, default=2.0)
     parser.add_argument("--train-minutes", type=float, default=1.0)
