@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--max-iterations", type=int, default=8)
     parser.add_argument("--explore-replicas", type=int, default=8,
                         help="active student MD replicas per temperature and round")
-    parser.add_argument("--explore-bias-kt", type=float, default=0.0,
+    parser.add_argument("--explore-bias-kt", type=float, default=DistillConfig.explore_bias_kt,
                         help="active: uncertainty-biased exploration at the top temperature, kT")
     parser.add_argument("--first-train-minutes", type=float, default=2.0)
     parser.add_argument("--train-minutes", type=float, default=1.0)

@@ -33,7 +33,7 @@ class DistillConfig:
     save_every: int = 10
     max_uncertainty: float = 0.15
     lost_factor: float = 3.0
-    explore_bias_kt: float = 0.0  # uncertainty-biased exploration at the top temperature, kT
+    explore_bias_kt: float = 20.0  # uncertainty-biased run at the top temperature, kT (0: off)
     frames_per_iteration: int = 40  # per molecule; more when the budget would go unspent
     max_iterations: int = 6
     members: int = 4
