@@ -88,6 +88,7 @@ class DistillConfig:
         """Refuse to continue a run started with other science settings (paths and the
         number of threads or workers may change)."""
         old = json.loads(path.read_text())
+        old.setdefault("explore_bias_kt", 0.0)  # runs started before the biased exploration
         free = {"out", "workers", "threads", "max_iterations", "budget"}
         changed = sorted(k for k, v in asdict(self).items() if k not in free and old.get(k) != v)
         if changed:
