@@ -247,3 +247,14 @@ def test_a_rerun_with_fewer_rounds_or_a_smaller_budget_is_refused_before_anythin
         run_distill(DistillConfig(**{**TINY, "out": str(copy), "budget": spent - 1}),
                     say=lambda msg: None)
     assert (copy / "history.json").read_text() == before
+
+
+def test_a_committee_of_one_skips_the_biased_run_instead_of_failing(tmp_path):
+    """One member has no spread to bias on: the run says so and goes on without it."""
+    config = {**TINY, "members": 1, "budget": 24, "max_iterations": 1, "md_fs": 50.0,
+              "first_train_minutes": 0.05, "max_epochs": 5, "holdout_fs": 0.0}
+    messages = []
+    summary = run_distill(DistillConfig(out=str(tmp_path / "run"), **config), say=messages.append)
+    assert any("no biased run at 800 K" in m for m in messages)
+    assert not (tmp_path / "run" / "iter_00" / "md_800K_biased.h5").exists()
+    assert summary["status"] == "converged"  # one member: no uncertainty, nothing to label

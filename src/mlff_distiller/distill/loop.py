@@ -403,6 +403,11 @@ def explore(
         if (it / f"md_{label}.h5{DONE}").exists():
             continue
         provider = bias_provider(config, model, model_path, it, t) if biased else model
+        if provider is None:
+            why = json.loads((it / "bias.json").read_text())["skipped"]
+            say(f"no biased run at {t:g} K: {why}")
+            (it / f"md_{label}.h5{DONE}").touch()
+            continue
         kind = " under the uncertainty bias" if biased else ""
         say(f"student MD at {t:g} K{kind}: {len(structures)} replicas x {config.md_fs:g} fs")
         # the biased run shares the unbiased run's seed: it differs by the bias alone
@@ -442,20 +447,27 @@ def bias_provider(config: DistillConfig, model, model_path: Path, it: Path, t: f
     """The committee under the uncertainty bias at ``t`` K: strength ``explore_bias_kt`` kT;
     width B from the unbiased run at ``t``: ``N B^2`` = 4x the median energy variance of the
     committee over its frames (per atom), so that the bias force acts from where the unbiased
-    MD already is towards more uncertain frames. Kept in ``it/bias.json``."""
+    MD already is towards more uncertain frames. Kept in ``it/bias.json``. None (and the
+    reason in ``bias.json``) when the members do not disagree there (a committee of one) or
+    the unbiased run saved no frame."""
     from mlff_distiller import units
     from mlff_distiller.md.uncertainty_bias import UncertaintyBias
 
     record = it / "bias.json"
     if not record.exists():
         _, variance = frame_uncertainties(model_path, it / f"md_{t:g}K.h5", energy_variance=True)
+        width = float(np.sqrt(4.0 * np.median(variance))) if variance.size else 0.0
         settings = {
             "temperature_k": t,
             "strength_ev": config.explore_bias_kt * units.BOLTZMANN * t,
-            "width_ev": float(np.sqrt(4.0 * np.median(variance))),
+            "width_ev": width,
         }
+        if not (np.isfinite(width) and width > 0):
+            settings["skipped"] = "no spread of the member energies on the unbiased run's frames"
         record.write_text(json.dumps(settings, indent=2))
     settings = json.loads(record.read_text())
+    if "skipped" in settings:
+        return None
     return UncertaintyBias(model, settings["strength_ev"], settings["width_ev"])
 
 
