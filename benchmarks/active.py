@@ -56,16 +56,11 @@ from mlff_distiller.teachers.sampling import SamplingConfig, sample, trajectory_
 from mlff_distiller.training.config import TrainConfig
 
 
-def bonds_of(atoms) -> tuple[np.ndarray, np.ndarray]:
-    """Bonded pairs (b, 2) of a structure and their lengths (b,) Å."""
-    return reference_bonds(atoms.numbers, atoms.positions)
-
-
 def time_to_failure(model_path: Path, atoms, args, out: Path) -> dict:
     """Per replica: ps until the first failure (the horizon when it never failed) and what
     failed (``times``, ``reasons``)."""
     model = load_model(model_path)
-    bonds, ref = bonds_of(atoms)
+    bonds, ref = reference_bonds(atoms.numbers, atoms.positions)
     n_chunks = int(np.ceil(args.horizon_ps * 1000 / args.check_fs))
     alive = list(range(args.replicas))
     current = {r: atoms.copy() for r in alive}
