@@ -112,3 +112,12 @@ def test_bias_refuses_a_single_model_and_bad_settings():
         UncertaintyBias(PaiNN(PaiNNConfig(hidden=8, n_interactions=1)), 1.0, 1.0)
     with pytest.raises(ValueError, match="width_ev"):
         UncertaintyBias(committee(), 1.0, 0.0)
+
+
+def test_bias_says_it_needs_every_member_on_every_call():
+    plain = committee()
+    model = UncertaintyBias(plain, 1.0, width_at_half(plain))
+    plain.set_check_every(4)
+    model.energy_and_forces(batch(start()))  # call 0: the whole committee
+    with pytest.raises(ValueError, match="check_every=1"):
+        model.energy_and_forces(batch(start()))  # call 1: member 0 alone

@@ -72,6 +72,11 @@ class UncertaintyBias(nn.Module):
         self, batch: AtomsBatch, method: str = "analytical", **kwargs
     ) -> dict[str, torch.Tensor]:
         out = dict(self.committee.energy_and_forces(batch, method, **kwargs))
+        if keys.MEMBER_ENERGIES not in out:  # Committee.check_every > 1: member 0 alone
+            raise ValueError(
+                "the uncertainty bias needs every member on every call: run the committee with "
+                "check_every=1"
+            )
         energies = out[keys.MEMBER_ENERGIES]  # (M, S)
         forces = out[keys.MEMBER_FORCES]  # (M, n, 3)
         n_members = energies.shape[0]
