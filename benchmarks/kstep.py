@@ -75,10 +75,10 @@ def start_structure(path: Path, name: str, smiles: str):
     return atoms
 
 
-def train_networks(work: Path, mm_paths, qm_paths, quick: bool, epochs: int):
+def train_networks(work: Path, mm_paths, qm_paths, quick: bool, epochs: int, energy: float):
     model_cfg = {"hidden": 48, "n_layers": 3, "n_vectors": 8, "cutoff": 7.0,
                  "max_delta_x": 2.5, "force_head": True}  # fmt: skip
-    loss = {"force": 0.01, "kinetic": 0.1}
+    loss = {"force": 0.01, "kinetic": 0.1, "energy": energy}
     robust = {"noise_positions": 0.01, "noise_velocities": 0.002}  # Å, Å/fs (H)
     mm_windows = work / "mm_windows.h5"
     if not mm_windows.exists():
@@ -215,6 +215,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mlffd_kstep_bench"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--energy-weight", type=float, default=0.0,
+                        help="weight of the first-order total-energy loss of the jump (eV^-2)")
     parser.add_argument("--replicas", type=int, default=8)
     parser.add_argument("--mm-fs", type=float, default=2000.0, help="simulated time per run")
     parser.add_argument("--xtb-fs", type=float, default=1000.0)
@@ -243,7 +245,8 @@ def main() -> None:
     print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
     train_mm = {k: mm_paths[k] for k in mm_train}
     train_qm = {k: qm_paths[k] for k in xtb_train}
-    mm_net, qm_net = train_networks(work, train_mm, train_qm, quick, 1 if quick else args.epochs)
+    mm_net, qm_net = train_networks(work, train_mm, train_qm, quick, 1 if quick else args.epochs,
+                                    args.energy_weight)
     # float32 networks are what `mlffd kstep run` loads; the MD state stays float64
     net_dtype = {"float32": torch.float32, "float64": torch.float64}[args.network_dtype]
     mm_net, qm_net = mm_net.to(net_dtype), qm_net.to(net_dtype)
