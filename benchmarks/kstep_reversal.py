@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlff_distiller.data.state import MDState
 from mlff_distiller.evaluation.kstep_eval import jump_energy_error
 from mlff_distiller.kstep.dataset import KStepWindows, read_trajectory, to_on_step_velocities
 from mlff_distiller.kstep.molecules import GAFF2_HELD_OUT
 from mlff_distiller.md.forces import make_force_provider
 from mlff_distiller.md.hybrid import HybridConfig, HybridIntegrator
 from mlff_distiller.md.integrators import with_forces
-from mlff_distiller.md.state import MDState
 from mlff_distiller.models.io import load_model
 from mlff_distiller.training.kstep_trainer import KStepTrainConfig, train_kstep
 

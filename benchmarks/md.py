@@ -18,10 +18,10 @@ from ase import units as ase_units
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
+from mlff_distiller.data.state import MDState
 from mlff_distiller.data.structures import from_smiles
 from mlff_distiller.md.calculator import StudentCalculator
 from mlff_distiller.md.integrators import velocity_verlet_step, with_forces
-from mlff_distiller.md.state import MDState
 from mlff_distiller.models.painn import PaiNN, PaiNNConfig
 
 

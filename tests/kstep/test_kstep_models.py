@@ -32,7 +32,7 @@ def _inputs(seed: int = 0) -> KStepInput:
     rng = np.random.default_rng(seed)
     counts = [5, 3]
     n = sum(counts)
-    return KStepInput(
+    return KStepInput.molecules(
         atomic_numbers=torch.tensor([6, 1, 1, 8, 1, 7, 1, 1]),
         masses=torch.tensor([12.0, 1.0, 1.0, 16.0, 1.0, 14.0, 1.0, 1.0], dtype=torch.float64),
         positions=torch.tensor(rng.normal(scale=1.2, size=(n, 3))),
@@ -42,12 +42,6 @@ def _inputs(seed: int = 0) -> KStepInput:
         dt=torch.tensor([0.5, 1.0], dtype=torch.float64),
         forces=torch.tensor(rng.normal(scale=1.0, size=(n, 3))),
     )
-
-
-def _replace(inp: KStepInput, **changes) -> KStepInput:
-    values = {name: getattr(inp, name) for name in inp.__dataclass_fields__}
-    values.update(changes)
-    return KStepInput(**values)
 
 
 @pytest.mark.parametrize("kind", ["egnn", "transformer"])
@@ -60,8 +54,7 @@ def test_rotation_reflection_translation_equivariance(kind, reflect):
     shift = torch.tensor([3.0, -2.0, 7.5], dtype=torch.float64)
     out = model(inp)
     moved = model(
-        _replace(
-            inp,
+        inp.replace(
             positions=inp.positions @ rot.T + shift,
             velocities=inp.velocities @ rot.T,
             forces=inp.forces @ rot.T,
@@ -78,8 +71,7 @@ def test_permutation_equivariance(kind):
     perm = torch.tensor([3, 0, 4, 2, 1, 6, 7, 5])  # within each system (keeps system_idx sorted)
     out = model(inp)
     permuted = model(
-        _replace(
-            inp,
+        inp.replace(
             atomic_numbers=inp.atomic_numbers[perm],
             masses=inp.masses[perm],
             positions=inp.positions[perm],
@@ -97,7 +89,7 @@ def test_batched_equals_one_by_one(kind):
     out = model(inp)
     for s, atoms in enumerate((slice(0, 5), slice(5, 8))):
         single = model(
-            KStepInput(
+            KStepInput.molecules(
                 atomic_numbers=inp.atomic_numbers[atoms],
                 masses=inp.masses[atoms],
                 positions=inp.positions[atoms],
@@ -116,14 +108,14 @@ def test_output_bounds_and_ballistic_prior():
     cfg = EGNNConfig(hidden=8, n_layers=1, n_vectors=2, max_delta_x=0.3, use_forces=False)
     model = EGNNJump(cfg).double()
     inp = _inputs()
-    out = model(_replace(inp, forces=None))
+    out = model(inp.replace(forces=None))
     # untrained heads are zero: delta_x is the clamped ballistic displacement v * k * dt
     tau = (inp.k * inp.dt)[inp.system_idx][:, None]
     ballistic = inp.velocities * tau
     norm = ballistic.norm(dim=-1, keepdim=True)
     expected = ballistic * 0.3 * torch.tanh(norm / 0.3) / norm
     torch.testing.assert_close(out[DELTA_POSITIONS], expected)
-    fast = model(_replace(inp, forces=None, velocities=inp.velocities * 1e4))
+    fast = model(inp.replace(forces=None, velocities=inp.velocities * 1e4))
     assert fast[DELTA_POSITIONS].norm(dim=-1).max() <= 0.3 + 1e-12
 
 
@@ -145,3 +137,20 @@ def test_save_load_round_trip(kind, tmp_path):
     inp = _inputs()
     for key in OUTPUTS:
         torch.testing.assert_close(loaded(inp)[key], model(inp)[key])
+
+
+def test_kstep_input_is_the_engine_state_plus_the_jump():
+    from mlff_distiller.data.state import MDState
+    from mlff_distiller.data.structures import from_smiles
+
+    state = MDState.from_atoms(from_smiles("CCO", name="ethanol"))
+    inp = KStepInput.of(state, 8, 0.5)
+    assert isinstance(inp, MDState)
+    assert inp.positions is state.positions and inp.n_systems == 1
+    assert inp.k.tolist() == [8] and inp.k.dtype == torch.long and inp.dt.tolist() == [0.5]
+    moved = inp.to(dtype=torch.float32)
+    assert type(moved) is KStepInput  # the jump survives a cast
+    assert moved.positions.dtype == torch.float32 and moved.dt.dtype == torch.float32
+    assert moved.k.dtype == torch.long and moved.atomic_numbers.dtype == torch.long
+    with pytest.raises(ValueError, match="k and dt"):
+        KStepInput(**{name: getattr(state, name) for name in MDState.__dataclass_fields__})

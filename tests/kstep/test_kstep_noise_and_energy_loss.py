@@ -77,7 +77,7 @@ def test_kinetic_energy_loss_by_hand():
     # two molecules: a "hydrogen pair" and one carbon; velocities in Å/fs
     masses = torch.tensor([1.0, 1.0, 12.0], dtype=torch.float64)
     v = torch.tensor([[0.01, 0, 0], [-0.01, 0, 0], [0, 0.002, 0]], dtype=torch.float64)
-    inp = KStepInput(
+    inp = KStepInput.molecules(
         atomic_numbers=torch.tensor([1, 1, 6]),
         masses=masses,
         positions=torch.zeros(3, 3, dtype=torch.float64),
@@ -135,7 +135,7 @@ def test_first_order_energy_loss_matches_the_real_energy_change():
     atoms.positions = x_end
     f = torch.as_tensor(atoms.get_forces())
     t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
-    inp = KStepInput(
+    inp = KStepInput.molecules(
         atomic_numbers=torch.tensor([18, 18, 18]),
         masses=masses,
         positions=torch.zeros(3, 3, dtype=torch.float64),

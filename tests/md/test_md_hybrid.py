@@ -12,6 +12,7 @@ import torch
 from ase import Atoms
 
 from mlff_distiller import keys, thermo, units
+from mlff_distiller.data.state import MDState
 from mlff_distiller.data.structures import from_smiles
 from mlff_distiller.md.forces import CountedForces, make_force_provider
 from mlff_distiller.md.hybrid import (
@@ -30,7 +31,6 @@ from mlff_distiller.md.integrators import (
     with_forces,
 )
 from mlff_distiller.md.runner import initial_state
-from mlff_distiller.md.state import MDState
 from mlff_distiller.models.kstep_common import DELTA_POSITIONS, DELTA_VELOCITIES
 
 

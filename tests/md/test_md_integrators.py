@@ -11,9 +11,9 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from mlff_distiller import keys
+from mlff_distiller.data.state import MDState
 from mlff_distiller.md.calculator import StudentCalculator
 from mlff_distiller.md.integrators import langevin_baoab_step, velocity_verlet_step
-from mlff_distiller.md.state import MDState
 from mlff_distiller.models.painn import PaiNN, PaiNNConfig
 
 DT = 0.25  # fs

@@ -23,6 +23,7 @@ from ase import Atoms
 from ase.data import atomic_masses
 
 from mlff_distiller import keys
+from mlff_distiller.data.state import MDState
 from mlff_distiller.evaluation.distributions import EnsembleComparison, compare_ensembles
 from mlff_distiller.evaluation.observables import energy_drift
 from mlff_distiller.kstep.topology import Topology
@@ -36,7 +37,6 @@ from mlff_distiller.md.hybrid import (
     run_hybrid,
 )
 from mlff_distiller.md.integrators import with_forces
-from mlff_distiller.md.state import MDState
 
 
 @dataclass

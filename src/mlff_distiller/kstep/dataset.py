@@ -467,7 +467,7 @@ class KStepWindows:
             return torch.as_tensor(np.concatenate(parts[key]), dtype=dt)
 
         forces = cat("f")
-        inp = KStepInput(
+        inp = KStepInput.molecules(
             atomic_numbers=cat("z", torch.long),
             masses=cat("m"),
             positions=cat("x"),

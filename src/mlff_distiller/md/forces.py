@@ -12,7 +12,7 @@ batch:
 
 Per-structure providers are built for a fixed list of structures; a batch names which of them it
 holds in ``batch.labels[keys.STRUCTURE_ID]`` (n_systems,) (the engine's
-:class:`~mlff_distiller.md.state.MDState` sets it, also for a subset of its structures).
+:class:`~mlff_distiller.data.state.MDState` sets it, also for a subset of its structures).
 :class:`CountedForces` wraps any provider and counts structure-calls and seconds (the k-step
 benchmark's currency). :func:`make_force_provider` builds one by name.
 """

@@ -54,6 +54,7 @@ import torch
 from ase import Atoms
 
 from mlff_distiller import keys, thermo, units
+from mlff_distiller.data.state import MDState
 from mlff_distiller.md.forces import CountedForces
 from mlff_distiller.md.integrators import (
     langevin_baoab_step,
@@ -63,7 +64,6 @@ from mlff_distiller.md.integrators import (
     with_forces,
 )
 from mlff_distiller.md.runner import MDError, StepProgress, check_finite, write_frames
-from mlff_distiller.md.state import MDState
 from mlff_distiller.models.kstep_common import DELTA_POSITIONS, DELTA_VELOCITIES, KStepInput
 
 REASONS = ("nan", "bond", "kinetic_energy", "potential_energy", "energy", "rescale")
@@ -255,21 +255,9 @@ class HybridIntegrator:
         cfg = self.config
         m, idx, n_sys = state.masses, state.system_idx, state.n_systems
         centre = thermo.centre_of_mass_velocity(state.positions, m, idx, n_sys)[idx]
-        net = self.net_dtype, self.net_device
-
-        def t(x: torch.Tensor) -> torch.Tensor:
-            return x.to(dtype=net[0], device=net[1])
-
-        inp = KStepInput(
-            atomic_numbers=state.atomic_numbers.to(net[1]),
-            masses=t(m),
-            positions=t(state.positions - centre),
-            velocities=t(state.velocities),
-            system_idx=idx.to(net[1]),
-            k=torch.full((n_sys,), cfg.k, device=net[1]),
-            dt=torch.full((n_sys,), cfg.dt_fs, dtype=net[0], device=net[1]),
-            forces=t(state.forces),
-        )
+        net_dtype, net_device = self.net_dtype, self.net_device
+        centred = state.replace(positions=state.positions - centre, structure_ids=None)
+        inp = KStepInput.of(centred.to(net_device, net_dtype), cfg.k, cfg.dt_fs)
         start = time.perf_counter()
         with torch.no_grad():
             out = self.network(inp)

@@ -20,7 +20,7 @@ import math
 import torch
 
 from mlff_distiller import keys, thermo, units
-from mlff_distiller.md.state import MDState
+from mlff_distiller.data.state import MDState
 
 
 def with_forces(state: MDState, model, method: str = "analytical") -> MDState:

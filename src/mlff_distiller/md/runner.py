@@ -1,6 +1,6 @@
 """Run student MD for many structures at once with the batched engine, writing an HDF5 trajectory.
 
-All structures advance together in one :class:`~mlff_distiller.md.state.MDState`; each force
+All structures advance together in one :class:`~mlff_distiller.data.state.MDState`; each force
 call is one batched ``model.energy_and_forces``. Every ``save_every`` steps one frame per
 structure is appended (positions, velocities Å/fs, forces, potential/kinetic energy, time fs)
 and committed, so a killed run keeps every saved frame and ``resume=True`` continues from the
@@ -19,8 +19,8 @@ from ase import Atoms
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from mlff_distiller import keys, units
+from mlff_distiller.data.state import MDState
 from mlff_distiller.md.integrators import langevin_baoab_step, velocity_verlet_step, with_forces
-from mlff_distiller.md.state import MDState
 
 
 class MDError(RuntimeError):

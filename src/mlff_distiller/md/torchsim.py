@@ -11,7 +11,7 @@ it raises an ``ImportError`` that says so, and nothing else in :mod:`mlff_distil
 Conventions at the boundary (converted here and nowhere else):
 
 - torch-sim's ``SimState.cell`` holds lattice vectors as *columns*; :class:`AtomsBatch` and
-  :class:`~mlff_distiller.md.state.MDState` hold them as rows (``row_vector_cell``).
+  :class:`~mlff_distiller.data.state.MDState` hold them as rows (``row_vector_cell``).
 - torch-sim's time unit is ASE's, ``sqrt(amu Å^2 / eV)`` (about 10.18 fs): ``dt`` is
   ``dt_fs * units.ASE_TIME_PER_FS``, momenta are amu·Å per that unit, friction is per that unit.
 - torch-sim 0.3 has one ``pbc`` flag for all systems (periodic in all three directions or none).
@@ -31,6 +31,7 @@ from ase import Atoms
 
 from mlff_distiller import keys, units
 from mlff_distiller.data.batch import AtomsBatch
+from mlff_distiller.data.state import MDState
 from mlff_distiller.md.calculator import check_elements, model_elements
 from mlff_distiller.md.runner import (
     MDConfig,
@@ -42,7 +43,6 @@ from mlff_distiller.md.runner import (
     model_device,
     write_frames,
 )
-from mlff_distiller.md.state import MDState
 from mlff_distiller.models.fast_path import private_copy, resolve_compile
 from mlff_distiller.models.io import load_model
 
@@ -197,7 +197,7 @@ def state_to_batch(
 
 def to_torchsim_state(state: MDState) -> ts_integrators.MDState:
     """torch-sim ``MDState`` (momenta amu·Å/ASE-time, column-vector cell) of a batched
-    :class:`~mlff_distiller.md.state.MDState` (velocities Å/fs); energy and forces are zeros
+    :class:`~mlff_distiller.data.state.MDState` (velocities Å/fs); energy and forces are zeros
     unless ``state`` has them. All systems must share one pbc, all True or all False."""
     pbc = state.pbc
     if not (bool(pbc.all()) or not bool(pbc.any())):
@@ -223,7 +223,7 @@ def to_torchsim_state(state: MDState) -> ts_integrators.MDState:
 
 
 def from_torchsim_state(state: ts_integrators.MDState) -> MDState:
-    """Batched :class:`~mlff_distiller.md.state.MDState` (velocities Å/fs, row-vector cell,
+    """Batched :class:`~mlff_distiller.data.state.MDState` (velocities Å/fs, row-vector cell,
     pbc (n_systems, 3)) of a torch-sim ``MDState``."""
     n_sys = int(state.cell.shape[0])
     return MDState(
@@ -264,7 +264,7 @@ def run_torchsim_md(
     directory, or a :class:`StudentModel` (then ``dtype``/``device``/``compile`` are its own).
     ``compile``, ``retain_memory``: as in :func:`~mlff_distiller.md.runner.run_md`.
     Returns an :class:`~mlff_distiller.md.runner.MDResult` whose state is the final
-    :class:`~mlff_distiller.md.state.MDState`.
+    :class:`~mlff_distiller.data.state.MDState`.
     """
     from mlff_distiller.data.hdf5 import DatasetWriter
     from mlff_distiller.models.cpu_memory import retain_freed_cpu_memory

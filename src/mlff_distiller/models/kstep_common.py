@@ -20,47 +20,66 @@ import torch
 from torch import nn
 
 from mlff_distiller import keys, units
+from mlff_distiller.data.state import MDState
 
 DELTA_POSITIONS = "delta_positions"
 DELTA_VELOCITIES = "delta_velocities"
 
 
-@dataclass
-class KStepInput:
-    """One batch of MD states for a jump network.
+@dataclass(frozen=True)
+class KStepInput(MDState):
+    """One batch of MD states for a jump network: the engine's
+    :class:`~mlff_distiller.data.state.MDState` (positions (n_atoms, 3) Å, velocities (n_atoms, 3)
+    Å/fs, masses (n_atoms,) amu, atomic_numbers, system_idx, and the forces (n_atoms, 3) eV/Å at
+    ``positions`` when the model asks for them) plus the jump:
 
-    - ``atomic_numbers``: (n_atoms,) int64
-    - ``masses``: (n_atoms,) amu
-    - ``positions``: (n_atoms, 3) Å
-    - ``velocities``: (n_atoms, 3) Å/fs
-    - ``system_idx``: (n_atoms,) int64, sorted, 0..n_systems-1
-    - ``k``: (n_systems,) number of MD steps of the jump
+    - ``k``: (n_systems,) int64 number of MD steps of the jump
     - ``dt``: (n_systems,) MD time step in fs
-    - ``forces``: optional (n_atoms, 3) eV/Å at ``positions`` (used when the model asks for them)
     """
 
-    atomic_numbers: torch.Tensor
-    masses: torch.Tensor
-    positions: torch.Tensor
-    velocities: torch.Tensor
-    system_idx: torch.Tensor
-    k: torch.Tensor
-    dt: torch.Tensor
-    forces: torch.Tensor | None = None
+    k: torch.Tensor | None = None
+    dt: torch.Tensor | None = None
 
-    @property
-    def n_systems(self) -> int:
-        return int(self.k.shape[0])
+    def __post_init__(self) -> None:
+        if self.k is None or self.dt is None:
+            raise ValueError("a KStepInput needs the jump's k and dt, (n_systems,) each")
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> KStepInput:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            if dtype is not None and t.is_floating_point():
-                return t.to(device=device, dtype=dtype)
-            return t.to(device=device)
+    @classmethod
+    def of(cls, state: MDState, k: int, dt_fs: float) -> KStepInput:
+        """The jump of ``k`` steps of ``dt_fs`` from every structure of ``state``."""
+        n, device = state.n_systems, state.positions.device
+        return cls(
+            **{name: getattr(state, name) for name in MDState.__dataclass_fields__},
+            k=torch.full((n,), int(k), dtype=torch.long, device=device),
+            dt=torch.full((n,), float(dt_fs), dtype=state.positions.dtype, device=device),
+        )
 
-        return KStepInput(**{name: move(getattr(self, name)) for name in self.__dataclass_fields__})
+    @classmethod
+    def molecules(
+        cls,
+        atomic_numbers: torch.Tensor,
+        masses: torch.Tensor,
+        positions: torch.Tensor,
+        velocities: torch.Tensor,
+        system_idx: torch.Tensor,
+        k: torch.Tensor,
+        dt: torch.Tensor,
+        forces: torch.Tensor | None = None,
+    ) -> KStepInput:
+        """Molecules in vacuum (no cell, no periodicity), ``len(k)`` of them."""
+        n = len(k)
+        return cls(
+            positions=positions,
+            velocities=velocities,
+            masses=masses,
+            atomic_numbers=atomic_numbers,
+            system_idx=system_idx,
+            cell=torch.zeros(n, 3, 3, dtype=positions.dtype, device=positions.device),
+            pbc=torch.zeros(n, 3, dtype=torch.bool, device=positions.device),
+            forces=forces,
+            k=k,
+            dt=dt,
+        )
 
 
 def clamp_norm(vectors: torch.Tensor, max_norm: float) -> torch.Tensor:

@@ -75,7 +75,7 @@ def perturb_windows(
     e_v = _momentum_free(
         noise_velocities * torch.sqrt(HYDROGEN_MASS / masses)[:, None] * noise[1], masses, inp
     )
-    new_inp = KStepInput(**{**inp.__dict__, "positions": x + e_x, "velocities": v + e_v})
+    new_inp = inp.replace(positions=x + e_x, velocities=v + e_v)
     new_tgt = KStepTargets(
         **{
             **tgt.__dict__,

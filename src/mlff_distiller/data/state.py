@@ -1,4 +1,7 @@
-"""Batched MD state: many structures as flat atoms plus ``system_idx`` (like AtomsBatch).
+"""The one batched state of the package: many structures as flat atoms plus ``system_idx``
+(like :class:`~mlff_distiller.data.batch.AtomsBatch`, with velocities and masses). The MD engine
+advances it; the k-step jump networks read it (``KStepInput`` is this state plus the jump's
+``k`` and ``dt``), so it lives here, left of both in the layout.
 
 Units are internal: Å, Å/fs, amu, eV, eV/Å, fs (conversions from :mod:`mlff_distiller.units`).
 """
@@ -133,3 +136,17 @@ class MDState:
 
     def replace(self, **changes) -> MDState:
         return replace(self, **changes)
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> MDState:
+        """This state (same class) on ``device``; floating tensors cast to ``dtype``."""
+
+        def move(t):
+            if not isinstance(t, torch.Tensor):
+                return t
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return replace(
+            self, **{name: move(getattr(self, name)) for name in self.__dataclass_fields__}
+        )
