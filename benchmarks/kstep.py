@@ -75,14 +75,18 @@ def start_structure(path: Path, name: str, smiles: str):
     return atoms
 
 
-def train_networks(work: Path, mm_paths, qm_paths, quick: bool, epochs: int, energy: float):
+def train_networks(
+    work: Path, mm_paths, qm_paths, quick: bool, epochs: int, energy: float, frame_steps: int
+):
     model_cfg = {"hidden": 48, "n_layers": 3, "n_vectors": 8, "cutoff": 7.0,
                  "max_delta_x": 2.5, "force_head": True}  # fmt: skip
     loss = {"force": 0.01, "kinetic": 0.1, "energy": energy}
     robust = {"noise_positions": 0.01, "noise_velocities": 0.002}  # Å, Å/fs (H)
     mm_windows = work / "mm_windows.h5"
     if not mm_windows.exists():
-        build_windows(list(mm_paths.values()), mm_windows, ks=KS, stride=5 if quick else 6,
+        # one start frame every 12 MD steps (6 frames of 4 steps), whatever the frame spacing
+        stride = (5 if quick else 6) * 4 // frame_steps
+        build_windows(list(mm_paths.values()), mm_windows, ks=KS, stride=stride,
                       fractions=(0.9, 0.1, 0.0))  # fmt: skip
     train = KStepWindows.from_file(mm_windows, "train", augment_rotations=True)
     val = KStepWindows.from_file(mm_windows, "val")
@@ -217,6 +221,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--energy-weight", type=float, default=0.0,
                         help="weight of the first-order total-energy loss of the jump (eV^-2)")
+    parser.add_argument("--frame-steps", type=int, choices=(1, 2, 4), default=4,
+                        help="MD steps between saved frames of the GAFF2 reference MD")
     parser.add_argument("--replicas", type=int, default=8)
     parser.add_argument("--mm-fs", type=float, default=2000.0, help="simulated time per run")
     parser.add_argument("--xtb-fs", type=float, default=1000.0)
@@ -234,10 +240,12 @@ def main() -> None:
     xtb_train = dict(list(XTB_TRAIN.items())[:2]) if quick else XTB_TRAIN
     if quick:
         args.replicas, args.mm_fs, args.xtb_fs, args.discard_fs = 2, 120.0, 60.0, 0.0
-    # frames 2 fs apart (every 4th step): every k of KS is a multiple of 4
-    base = {"dt_fs": DT, "friction_per_ps": FRICTION, "save_every": 4, "constraints": "none"}
+    # frames every 4th step (every k of KS is a multiple of 4) or every step (--frame-steps 1)
+    base = {"dt_fs": DT, "friction_per_ps": FRICTION, "save_every": args.frame_steps,
+            "constraints": "none"}  # fmt: skip
     mm_cfg = SamplingConfig(production_fs=300.0 if quick else 1500.0, **base)
-    qm_cfg = SamplingConfig(production_fs=100.0 if quick else 500.0, equilibration_fs=500.0, **base)
+    qm_cfg = SamplingConfig(production_fs=100.0 if quick else 500.0, equilibration_fs=500.0,
+                            **{**base, "save_every": 4})  # fmt: skip
     t0 = time.perf_counter()
     print("sampling GAFF2 and GFN2-xTB reference MD (until each reaches 300 K) ...", flush=True)
     mm_paths = sample_all({**mm_train, **GAFF2_HELD_OUT}, "openmm-gaff2", work, mm_cfg)
@@ -246,7 +254,7 @@ def main() -> None:
     train_mm = {k: mm_paths[k] for k in mm_train}
     train_qm = {k: qm_paths[k] for k in xtb_train}
     mm_net, qm_net = train_networks(work, train_mm, train_qm, quick, 1 if quick else args.epochs,
-                                    args.energy_weight)
+                                    args.energy_weight, args.frame_steps)  # fmt: skip
     # float32 networks are what `mlffd kstep run` loads; the MD state stays float64
     net_dtype = {"float32": torch.float32, "float64": torch.float64}[args.network_dtype]
     mm_net, qm_net = mm_net.to(net_dtype), qm_net.to(net_dtype)
