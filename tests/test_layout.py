@@ -1,5 +1,6 @@
-"""The package layout: data -> teachers -> models -> training -> md -> kstep -> evaluation ->
-distill, with cli on top; a module imports only from its own package or packages to its left
+"""The package layout: data -> teachers -> models -> md -> training -> kstep -> evaluation ->
+distill, with cli on top (md left of training: the k-step rollout loss unrolls the engine's own
+velocity-Verlet step); a module imports only from its own package or packages to its left
 (lazy imports inside functions included). keys, units, thermo and the package root are below
 everything."""
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "mlff_distiller"
-ORDER = ["data", "teachers", "models", "training", "md", "kstep", "evaluation", "distill", "cli"]
+ORDER = ["data", "teachers", "models", "md", "training", "kstep", "evaluation", "distill", "cli"]
 BASE = {"keys", "units", "thermo", "__init__", "py"}
 
 

@@ -38,6 +38,9 @@ def dataset_command(
         help="what the trajectories store: auto (each file's velocity_convention attribute), "
         "on-step or half-step (for files that do not record it)",
     ),
+    rollout: bool = typer.Option(
+        False, help="also the next hybrid cycle's frames (rollout loss); needs every-step frames"
+    ),
 ) -> None:
     """Build (x_t, v_t) -> (x_t+k, v_t+k) windows, split by molecule."""
     from mlff_distiller.kstep.dataset import build_windows
@@ -55,6 +58,7 @@ def dataset_command(
             test_molecules=test_molecule,
             on_step_velocities=on_step,
             velocity_convention=velocity_convention,
+            rollout=rollout,
         )
     for mol in mols.values():
         console.print(f"{mol.name:24s} {mol.split:5s} {mol.n_windows:7d} windows")
@@ -93,6 +97,9 @@ def train_command(
     energy_weight: float = typer.Option(
         0.0, help="weight of the first-order total-energy error loss (needs forces)"
     ),
+    rollout_weight: float = typer.Option(
+        0.0, help="weight of the two-cycle rollout loss (needs a file built with --rollout)"
+    ),
     noise_positions: float = typer.Option(0.0, help="Gaussian noise on x_t in training, Å"),
     noise_velocities: float = typer.Option(
         0.0, help="Gaussian noise on v_t in training, Å/fs for H (x sqrt(m_H/m))"
@@ -124,17 +131,18 @@ def train_command(
             precision=precision,
             device=device,
             seed=seed,
-            loss={"bond": structural_weight, "kinetic": kinetic_weight, "energy": energy_weight},
+            loss={"bond": structural_weight, "kinetic": kinetic_weight, "energy": energy_weight,
+                  "rollout": rollout_weight},  # fmt: skip
             noise_positions=noise_positions,
             noise_velocities=noise_velocities,
             init_from=str(init_from) if init_from else None,
             freeze_layers=freeze_layers,
         )
         ks = k or None
-        train = KStepWindows.from_file(
-            windows, "train", augment_rotations=augment, ks=ks, reverse_time=reverse_time
-        )
-        val = KStepWindows.from_file(windows, "val", ks=ks)
+        rollout = rollout_weight > 0
+        train = KStepWindows.from_file(windows, "train", augment_rotations=augment, ks=ks,
+                                       reverse_time=reverse_time, rollout=rollout)  # fmt: skip
+        val = KStepWindows.from_file(windows, "val", ks=ks, rollout=rollout)
         console.print(f"{len(train)} training and {len(val)} validation windows")
         result = train_kstep(config, train, val, resume=resume, progress=True)
     last = result.history[-1]

@@ -7,7 +7,13 @@ every ``stride``-th start frame, and writes a small window file (HDF5)::
 
     /molecules/<name>/ atomic_numbers (n,) masses (n,) bonds (b,2) angles (a,3) dihedrals (d,4)
                        x_t v_t f_t x_tk v_tk f_tk (w, n, 3)   k (w,)   dt (w,)
+                       [f_c x_2 v_2 (w, n, 3): rollout windows, see below]
                        attrs: smiles, split ("train" | "val" | "test")
+
+Rollout windows (``rollout=True``, trajectories saved every MD step) follow one hybrid cycle
+further: ``f_c`` are the teacher's forces at ``t + k + 1`` (after the cycle's corrector step),
+``x_2``, ``v_2`` the state at ``t + 2k + 1`` (the end of the next jump); only starts with both
+frames are kept. The rollout loss (:mod:`mlff_distiller.training.kstep_rollout`) trains on them.
 
 Velocities enter the windows on step (``v(t)``, as the hybrid integrator hands them over). A
 trajectory says which velocities it stores in its root attribute ``keys.VELOCITY_CONVENTION``
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,13 +68,21 @@ class MoleculeWindows:
     k: np.ndarray
     dt: np.ndarray
     split: str = "train"
+    f_c: np.ndarray | None = None
+    x_2: np.ndarray | None = None
+    v_2: np.ndarray | None = None
 
     @property
     def n_windows(self) -> int:
         return len(self.k)
 
+    @property
+    def has_rollout(self) -> bool:
+        return self.x_2 is not None
+
 
 ARRAYS = ("x_t", "v_t", "f_t", "x_tk", "v_tk", "f_tk", "k", "dt")
+ROLLOUT_ARRAYS = ("f_c", "x_2", "v_2")
 STATIC = ("atomic_numbers", "masses", "bonds", "angles", "dihedrals")
 
 
@@ -167,23 +181,37 @@ def to_on_step_velocities(traj: dict, dt: float) -> dict:
 
 
 def windows_of_trajectory(
-    traj: dict, ks: Sequence[int], stride: int = 1, dt: float | None = None
+    traj: dict, ks: Sequence[int], stride: int = 1, dt: float | None = None, rollout: bool = False
 ) -> dict[str, np.ndarray]:
     """Window arrays for every ``k`` in ``ks``: start frames ``0, stride, 2 stride, ...`` whose
-    partner frame lies exactly ``k * dt`` later (frames of another time step are skipped)."""
+    partner frame lies exactly ``k * dt`` later (frames of another time step are skipped);
+    with ``rollout`` also the frames ``(k + 1) dt`` and ``(2k + 1) dt`` later (starts without
+    them are skipped) for the :data:`ROLLOUT_ARRAYS`."""
     dt = dt or traj["dt"]
     if not dt:
         raise ValueError(
             f"trajectory of {traj['name']!r} does not say its MD time step; pass dt (fs)"
         )
     t = traj["time"]
-    out: dict[str, list] = {name: [] for name in ARRAYS}
+    names = ARRAYS + (ROLLOUT_ARRAYS if rollout else ())
+    out: dict[str, list] = {name: [] for name in names}
+
+    def frame(i: int, steps: int) -> int | None:
+        j = int(np.searchsorted(t, t[i] + steps * dt - 1e-6))
+        return j if j < len(t) and abs(t[j] - t[i] - steps * dt) <= 1e-6 else None
+
     for k in ks:
-        partner = np.searchsorted(t, t + k * dt - 1e-6)
         for i in range(0, len(t), stride):
-            j = partner[i]
-            if j >= len(t) or abs(t[j] - t[i] - k * dt) > 1e-6:
+            j = frame(i, k)
+            if j is None:
                 continue
+            if rollout:
+                c, e = frame(i, k + 1), frame(i, 2 * k + 1)
+                if c is None or e is None:
+                    continue
+                for name, src, idx in (("f_c", "forces", c), ("x_2", "positions", e),
+                                       ("v_2", "velocities", e)):  # fmt: skip
+                    out[name].append(traj[src][idx])
             for name, src, idx in (
                 ("x_t", "positions", i),
                 ("v_t", "velocities", i),
@@ -253,6 +281,7 @@ def build_windows(
     test_molecules: Sequence[str] = (),
     on_step_velocities: bool = True,
     velocity_convention: str | None = "auto",
+    rollout: bool = False,
 ) -> dict[str, MoleculeWindows]:
     """Windows of every trajectory (several files of one molecule are merged), split by
     molecule, written to ``out_path``. Returns them by molecule name.
@@ -262,7 +291,8 @@ def build_windows(
     the hybrid integrator, which hands the network ``v(t)`` after each corrector step; ``False``
     keeps the velocities as stored. ``velocity_convention``: what the files store, ``"auto"``
     (read each file's ``keys.VELOCITY_CONVENTION`` attribute; a file without it is an error),
-    or ``"on-step"`` / ``"half-step"`` for every file (overrides the attribute)."""
+    or ``"on-step"`` / ``"half-step"`` for every file (overrides the attribute). ``rollout``:
+    also the next cycle's frames (module docstring); needs frames every MD step."""
     if not trajectories:
         raise ValueError("no trajectories given to build k-step windows from")
     if any(k < 1 for k in ks) or stride < 1:
@@ -278,13 +308,13 @@ def build_windows(
                     "half-step velocities on step; pass dt (fs)"
                 )
             traj = to_on_step_velocities(traj, step)
-        arrays = windows_of_trajectory(traj, ks, stride, dt)
+        arrays = windows_of_trajectory(traj, ks, stride, dt, rollout)
         name = traj["name"]
         if name in merged:
             old = merged[name]
             if not np.array_equal(old.atomic_numbers, traj["atomic_numbers"]):
                 raise ValueError(f"two trajectories named {name!r} hold different molecules")
-            for key in ARRAYS:
+            for key in arrays:
                 setattr(old, key, np.concatenate([getattr(old, key), arrays[key]]))
             continue
         numbers = traj["atomic_numbers"]
@@ -300,6 +330,11 @@ def build_windows(
             **arrays,
         )
     if all(m.n_windows == 0 for m in merged.values()):
+        if rollout:
+            raise ValueError(
+                f"no rollout windows for k={list(ks)}: they need frames k + 1 and 2k + 1 steps "
+                "after the start; sample the trajectories with save_every=1"
+            )
         raise ValueError(
             f"no frame pairs k*dt apart for k={list(ks)}; the trajectories must be saved at "
             "least every k steps (save_every dividing k)"
@@ -322,7 +357,7 @@ def write_windows(path: str | Path, molecules) -> None:
         for mol in molecules:
             g = group.create_group(mol.name.replace("/", "_"))
             g.attrs["name"], g.attrs["smiles"], g.attrs["split"] = mol.name, mol.smiles, mol.split
-            for key in STATIC + ARRAYS:
+            for key in STATIC + ARRAYS + (ROLLOUT_ARRAYS if mol.has_rollout else ()):
                 g.create_dataset(key, data=getattr(mol, key))
     tmp.replace(path)  # crash-safe: the old file stays until the new one is complete
 
@@ -348,7 +383,7 @@ def read_windows(path: str | Path, split: str | None = None) -> list[MoleculeWin
                     name=str(g.attrs["name"]),
                     smiles=str(g.attrs["smiles"]),
                     split=str(g.attrs["split"]),
-                    **{key: g[key][()] for key in STATIC + ARRAYS},
+                    **{key: g[key][()] for key in STATIC + ARRAYS + ROLLOUT_ARRAYS if key in g},
                 )
             )
     return out
@@ -370,7 +405,11 @@ class KStepWindows:
     ``(x_{t+k}, -v_{t+k}, F_{t+k})`` to ``(x_t, -v_t, F_t)`` (``dx -> -dx``, ``dv`` unchanged):
     Hamiltonian dynamics is time-reversible, so this is a valid window of the same dynamics
     (up to the thermostat's friction, ~gamma k dt = 0.6% at 1/ps and k = 12), and training on
-    both directions asks the jump map to be its own time reverse."""
+    both directions asks the jump map to be its own time reverse.
+
+    ``rollout``: serve the next cycle's targets too (``KStepTargets.corrector_forces``,
+    ``delta_positions_2``, ``delta_velocities_2``); every molecule needs rollout windows, and
+    time reversal does not apply to them."""
 
     def __init__(
         self,
@@ -379,10 +418,22 @@ class KStepWindows:
         centre: bool = True,
         ks: Sequence[int] | None = None,
         reverse_time: float = 0.0,
+        rollout: bool = False,
     ):
         if not 0.0 <= reverse_time <= 1.0:
             raise ValueError(f"reverse_time is a probability in [0, 1], got {reverse_time}")
         self.molecules = list(molecules)
+        if rollout:
+            missing = [m.name for m in self.molecules if not m.has_rollout]
+            if missing:
+                raise ValueError(
+                    f"no rollout windows for {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
+                    "build the window file with rollout=True (mlffd kstep dataset --rollout) "
+                    "from trajectories saved every MD step"
+                )
+            if reverse_time:
+                raise ValueError("rollout windows cannot be served time-reversed (reverse_time)")
+        self.rollout = rollout
         self.reverse_time = reverse_time
         self.augment_rotations = augment_rotations
         self.centre = centre
@@ -436,6 +487,9 @@ class KStepWindows:
                 "a",
                 "d",
                 "sys",
+                "fc",
+                "dx2",
+                "dv2",
             )
         }
         offset = 0
@@ -448,9 +502,15 @@ class KStepWindows:
                 x, v, f, dx, f1 = mol.x_tk[wi], -mol.v_tk[wi], mol.f_tk[wi], -dx, mol.f_t[wi]
             if self.centre:
                 x = x - (mol.masses[:, None] * x).sum(0) / mol.masses.sum()
+            rollout = ()
+            if self.rollout:  # the next cycle, relative to the start like dx, dv
+                rollout = (mol.f_c[wi], mol.x_2[wi] - mol.x_t[wi], mol.v_2[wi] - mol.v_t[wi])
             if self.augment_rotations:
                 rot = random_rotation(rng)
                 x, v, f, dx, dv, f1 = (a @ rot.T for a in (x, v, f, dx, dv, f1))
+                rollout = tuple(a @ rot.T for a in rollout)
+            for key, value in zip(("fc", "dx2", "dv2"), rollout):
+                parts[key].append(value)
             for key, value in (
                 ("z", mol.atomic_numbers), ("m", mol.masses), ("x", x), ("v", v), ("f", f),
                 ("dx", dx), ("dv", dv), ("f1", f1), ("sys", np.full(n, s)),
@@ -487,4 +547,11 @@ class KStepWindows:
             dihedrals=cat("d", torch.long).reshape(-1, 4),
             forces=f1 if torch.isfinite(f1).all() else None,
         )
+        if self.rollout:
+            targets = replace(
+                targets,
+                corrector_forces=cat("fc"),
+                delta_positions_2=cat("dx2"),
+                delta_velocities_2=cat("dv2"),
+            )
         return inp, targets

@@ -108,6 +108,28 @@ class OpenMMForces(_PerStructure):
         return state_energy_forces(context.getState(getEnergy=True, getForces=True))
 
 
+class RecordedForces:
+    """Forces known in advance: ``forces`` (n_atoms, 3) eV/Å (and ``energy`` (n_systems,) eV,
+    zeros if not given) are returned for whatever positions a batch holds. The k-step rollout
+    loss corrects a predicted state with the teacher's recorded forces at the true position;
+    the engine's step stays differentiable through the kicks and the drift."""
+
+    def __init__(self, forces: torch.Tensor, energy: torch.Tensor | None = None):
+        self.forces = forces
+        self.energy = energy
+
+    def energy_and_forces(self, batch: AtomsBatch, method: str = "analytical", **_) -> dict:
+        if batch.positions.shape != self.forces.shape:
+            raise ValueError(
+                f"recorded forces of shape {tuple(self.forces.shape)} for a batch of "
+                f"{batch.n_atoms} atoms"
+            )
+        energy = self.energy
+        if energy is None:
+            energy = self.forces.new_zeros(batch.n_systems)
+        return {keys.ENERGY: energy, keys.FORCES: self.forces}
+
+
 class CountedForces:
     """A provider that counts its work: ``calls`` (batched calls), ``structure_calls`` (one per
     structure per call: the cost of a teacher) and ``seconds``."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Protocol
 
 import lightning as L
@@ -76,13 +77,12 @@ def perturb_windows(
         noise_velocities * torch.sqrt(HYDROGEN_MASS / masses)[:, None] * noise[1], masses, inp
     )
     new_inp = inp.replace(positions=x + e_x, velocities=v + e_v)
-    new_tgt = KStepTargets(
-        **{
-            **tgt.__dict__,
-            "delta_positions": tgt.delta_positions - e_x,
-            "delta_velocities": tgt.delta_velocities - e_v,
-        }
-    )
+    shifted = {"delta_positions": tgt.delta_positions - e_x,
+               "delta_velocities": tgt.delta_velocities - e_v}  # fmt: skip
+    if tgt.has_rollout:  # the next cycle's end is relative to the start too
+        shifted.update(delta_positions_2=tgt.delta_positions_2 - e_x,
+                       delta_velocities_2=tgt.delta_velocities_2 - e_v)  # fmt: skip
+    new_tgt = replace(tgt, **shifted)
     return new_inp, new_tgt
 
 

@@ -40,6 +40,9 @@ class KStepTargets:
     - ``tau`` (n_atoms, 1) fs, the jump duration of each atom's window
     - ``bonds`` (n_bonds, 2), ``angles`` (n_angles, 3), ``dihedrals`` (n_dihedrals, 4) int64
     - ``forces`` optional (n_atoms, 3) eV/Å at ``x_{t+k}``
+    - rollout windows only: ``corrector_forces`` (n_atoms, 3) eV/Å at ``x_{t+k+1}``, and
+      ``delta_positions_2``, ``delta_velocities_2`` (n_atoms, 3): ``x_{t+2k+1} - x_t`` (Å),
+      ``v_{t+2k+1} - v_t`` (Å/fs), the end of the next cycle's jump
     """
 
     delta_positions: torch.Tensor
@@ -49,6 +52,13 @@ class KStepTargets:
     angles: torch.Tensor
     dihedrals: torch.Tensor
     forces: torch.Tensor | None = None
+    corrector_forces: torch.Tensor | None = None
+    delta_positions_2: torch.Tensor | None = None
+    delta_velocities_2: torch.Tensor | None = None
+
+    @property
+    def has_rollout(self) -> bool:
+        return self.delta_positions_2 is not None
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> KStepTargets:
         def move(t):
@@ -71,6 +81,7 @@ class KStepLossWeights:
     force: float = 0.0
     kinetic: float = 0.0
     energy: float = 0.0
+    rollout: float = 0.0
 
 
 def bond_lengths(positions: torch.Tensor, bonds: torch.Tensor) -> torch.Tensor:

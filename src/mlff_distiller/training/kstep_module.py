@@ -25,6 +25,7 @@ from torch import nn
 
 from mlff_distiller.training.ema import ExponentialMovingAverage
 from mlff_distiller.training.kstep_losses import KStepLossWeights, kstep_loss
+from mlff_distiller.training.kstep_rollout import rollout_loss
 from mlff_distiller.training.module import warmup_cosine
 
 TRAIN_LOSS = "train_loss"
@@ -113,7 +114,12 @@ class KStepModule(L.LightningModule):
 
     def _loss(self, model: nn.Module, inp, tgt):
         outputs = {k: v.float() for k, v in model(inp).items()}
-        return kstep_loss(outputs, inp.positions, tgt, self.weights, inp)
+        total, parts = kstep_loss(outputs, inp.positions, tgt, self.weights, inp)
+        if self.weights.rollout > 0:
+            parts["rollout"] = rollout_loss(model, outputs, inp, tgt)
+            total = total + self.weights.rollout * parts["rollout"]
+            parts["rollout"] = parts["rollout"].detach()
+        return total, parts
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:

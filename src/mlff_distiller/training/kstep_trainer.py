@@ -235,6 +235,15 @@ def fit_kstep(
     """:func:`train_kstep`, also returning the Lightning module, which holds the best
     checkpoint's weights (``module.eval_model()`` is the exported model)."""
     start = time.perf_counter()
+    if KStepLossWeights(**config.loss).rollout > 0:
+        for name, source in (("training", train_data), ("validation", val_data)):
+            if source is not None and not getattr(source, "rollout", False):
+                raise ValueError(
+                    f"loss weight rollout > 0 needs rollout windows, but the {name} windows "
+                    "have none: KStepWindows(..., rollout=True) from a file built with "
+                    "rollout=True (mlffd kstep dataset --rollout; mlffd kstep train "
+                    "--rollout-weight serves them)"
+                )
     out = Path(config.out_dir)
     last = out / CHECKPOINT_DIR / f"{LAST_CHECKPOINT_NAME}.ckpt"
     L.seed_everything(config.seed, workers=True, verbose=False)
