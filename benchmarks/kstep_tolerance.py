@@ -38,7 +38,9 @@ def _tolerance(text: str) -> float | None:
     return None if text == "none" else float(text)
 
 
-def sweep(network, teacher, name, smiles, path, args) -> list[dict]:
+def compare_variants(teacher, name, smiles, path, variants, k: int, args) -> list[dict]:
+    """Hybrid runs of the held-out molecule ``name`` at ``k``, NVT, one per variant ``(label,
+    network, HybridConfig options)``, against one shared reference run (2R replicas)."""
     atoms = start_structure(path, name, smiles)
     topo = molecule_topology(f"bench-{name}", atoms.numbers, atoms.positions, smiles)
     masses, numbers = atoms.get_masses(), atoms.numbers
@@ -57,23 +59,22 @@ def sweep(network, teacher, name, smiles, path, args) -> list[dict]:
     r_pos, r_vel, _, _ = replica_frames(ref, 2 * r, args.discard_fs)
     ref_calls = ref.force_calls / (2 * r)
     rows = []
-    for tol in args.tolerances:
+    for label, network, options in variants:
         t0 = time.perf_counter()
-        cycles = int(args.fs / ((args.k + 1) * DT))
-        hyb = run(network, args.k, r, 0, cycles, energy_tol_per_atom=tol)
+        hyb = run(network, k, r, 0, int(args.fs / ((k + 1) * DT)), **options)
         h_pos, h_vel, _, _ = replica_frames(hyb, r, args.discard_fs)
         cmp = compare_ensembles((h_pos, h_vel), (r_pos, r_vel), masses, numbers, topo).to_dict()
         rows.append({
-            "molecule": name, "corrector": teacher, "k": args.k, "tolerance": tol,
+            "molecule": name, "corrector": teacher, "k": k, "variant": label,
             "call_reduction": ref_calls / (hyb.force_calls / r), "hybrid": hyb.summary(),
             "distributions": cmp,
         })  # fmt: skip
-        print(f"  {teacher} {name} tol={tol}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"  {teacher} {name} {label}: {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
 
 
 def print_table(rows) -> None:
-    print("\n| molecule | corr. | tol (eV/atom) | calls ref/hyb | rejections | fallbacks | "
+    print("\n| molecule | corr. | variant | calls ref/hyb | rejections | fallbacks | "
           "T hyb (K) | T ref (K) | per-element dT % | bond d (ref-ref) | angle d (ref-ref) | "
           "dihedral d (ref-ref) | RDF max % (ref-ref) |")  # fmt: skip
     print("|---" * 13 + "|")
@@ -87,8 +88,8 @@ def print_table(rows) -> None:
                   f"({d['coordinates'][c]['ref_vs_ref']:.2f})"
                   for c in ("bond", "angle", "dihedral")]  # fmt: skip
         rej = sum(row["hybrid"]["rejections"].values())
-        tol = "none" if row["tolerance"] is None else f"{row['tolerance']:g}"
-        print(f"| {row['molecule']} | {row['corrector']} | {tol} | {row['call_reduction']:.2f} | "
+        print(f"| {row['molecule']} | {row['corrector']} | {row['variant']} | "
+              f"{row['call_reduction']:.2f} | "
               f"{rej} | {row['hybrid']['fallbacks']} | "
               f"{mol['test_mean']:.0f} ± {mol['test_stderr']:.0f} | "
               f"{mol['ref_mean']:.0f} ± {mol['ref_stderr']:.0f} | {elements} | "
@@ -120,7 +121,10 @@ def main() -> None:
     rows = []
     for net, teacher, name, smiles in held:
         prefix = "openmm-gaff2" if teacher != "xtb" else "xtb"
-        rows += sweep(net, teacher, name, smiles, args.work / f"{prefix}_{name}.h5", args)
+        variants = [(f"tol {'none' if t is None else f'{t:g}'}", net, {"energy_tol_per_atom": t})
+                    for t in args.tolerances]  # fmt: skip
+        rows += compare_variants(teacher, name, smiles, args.work / f"{prefix}_{name}.h5",
+                                 variants, args.k, args)  # fmt: skip
         if args.out:
             args.out.write_text(json.dumps(rows, indent=1, default=float))
     print_table(rows)
