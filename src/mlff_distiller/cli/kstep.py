@@ -176,7 +176,7 @@ def run_command(
     fallback: str = typer.Option("physics", help="after the last retry: physics or stop"),
     max_attempts: int = typer.Option(3, help="jump attempts (scales 1, 0.8, 0.64, ...)"),
     energy_tol: float = typer.Option(
-        0.01, help="integration-error check per cycle, eV/atom (0: off)"
+        0.05, help="integration-error check per cycle, eV/atom (0: off); a safety net"
     ),
     save_every: int = typer.Option(1, help="cycles between saved frames"),
     compare: bool = typer.Option(

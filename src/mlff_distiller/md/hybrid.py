@@ -33,7 +33,10 @@ Rejection is a safety net, counted per reason in :attr:`HybridResult.rejections`
 ``kinetic_energy`` (above ``ke_factor`` x the structure's running mean), ``potential_energy``
 (``|E(x_end) - E(x_start)|`` above ``pe_jump_per_atom`` per atom), ``energy`` (the integration
 error of the cycle, ``dE_total - heat`` of the thermostat, above ``energy_tol_per_atom`` per
-atom), ``rescale`` (too little internal kinetic energy left to restore the energy). A rejected
+atom, 0.05 eV (about 2 kT at 300 K) by default: a tighter check (0.01) rejected 15-45% of the
+GAFF2 jumps, cost up to half of the force calls and widened the bond distributions, since a
+retried jump is a shortened one; ``benchmarks/kstep_tolerance.py``), ``rescale`` (too little
+internal kinetic energy left to restore the energy). A rejected
 structure retries with the jump scaled by ``scale_factor ** attempt``; after ``max_attempts`` it
 runs ``k + 1`` plain engine steps (``fallback="physics"``) or the run stops (``"stop"``).
 
@@ -108,7 +111,7 @@ class HybridConfig:
     bond_factor: float = 2.0
     ke_factor: float = 10.0
     pe_jump_per_atom: float = 0.1  # eV
-    energy_tol_per_atom: float | None = 0.01  # eV; None: no energy check
+    energy_tol_per_atom: float | None = 0.05  # eV; None: no energy check
     save_every: int = 1  # cycles between saved frames
     seed: int = 0
 
