@@ -332,3 +332,14 @@ def test_xtb_zero_jump_cycle_is_one_ase_velocity_verlet_step():
     np.testing.assert_allclose(frames["positions"][1], ref.positions, atol=1e-10)
     np.testing.assert_allclose(frames["velocities"][1], ref.get_velocities() * fs, atol=1e-10)
     assert result.force_calls == 2  # the start and one step: the zero jump reused F(x)
+
+
+def test_teacher_provider_keeps_the_teachers_checks():
+    """The provider calls a teacher without ASE's bookkeeping, but not without its element
+    check: an element the teacher lacks is an error before any compute."""
+    from mlff_distiller.teachers.base import UnsupportedElementError
+
+    bad_element = Atoms("HOg", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    provider = make_force_provider("xtb", [bad_element])
+    with pytest.raises(UnsupportedElementError, match="Og"):
+        provider.energy_and_forces(initial_state([bad_element], 300.0, 0).to_batch())
