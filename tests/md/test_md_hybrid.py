@@ -289,6 +289,8 @@ def test_every_rejection_reason_is_counted_and_falls_back_to_plain_steps(ethanol
     assert result.rejections == {r: int(r == reason) for r in REASONS}
     assert result.fallbacks == 1
     assert torch.isfinite(after.positions).all()
+    result.cycles = 1
+    assert "fell back to plain MD" in result.summary()["warnings"][0]
     with pytest.raises(IntegrationError, match="failed"):
         stop = HybridConfig(k=2, max_attempts=2, fallback="stop", **options)
         HybridIntegrator(Scripted(fn), provider, stop, bonds).cycle(
@@ -343,3 +345,37 @@ def test_teacher_provider_keeps_the_teachers_checks():
     provider = make_force_provider("xtb", [bad_element])
     with pytest.raises(UnsupportedElementError, match="Og"):
         provider.energy_and_forces(initial_state([bad_element], 300.0, 0).to_batch())
+
+
+def test_summary_reports_per_element_temperatures_and_no_warning_for_a_clean_run(ethanol):
+    """The run summary's per-element temperatures equal a hand computation from the saved
+    on-step velocities (ASE's unit constants, centre of mass removed, 3 (1 - m_i / M) degrees of
+    freedom per atom); a run without rejections carries no warning."""
+    from ase.units import fs, kB
+
+    provider = make_force_provider("openmm-gaff2", [ethanol, ethanol])
+    config = HybridConfig(k=2, ensemble="nvt", seed=3)
+    result = run_hybrid(Scripted(), provider, [ethanol, ethanol], config, 12, progress=False,
+                        keep_frames=True)  # fmt: skip
+    summary = result.summary()
+    assert summary["warnings"] == []
+    v = result.frame_arrays()["velocities"][1:]  # (F, 18, 3), the cycle ends
+    m = np.tile(ethanol.get_masses(), 2)
+    z = np.tile(ethanol.numbers, 2)
+    expected = {}
+    for symbol, number in (("H", 1), ("C", 6), ("O", 8)):
+        temps = []
+        for frame in v:
+            twice_ke, dof = 0.0, 0.0
+            for s in range(2):
+                sl = slice(9 * s, 9 * s + 9)
+                vs, ms = frame[sl], m[sl]
+                internal = vs - (ms[:, None] * vs).sum(0) / ms.sum()
+                sel = z[sl] == number
+                twice_ke += (ms[sel] * (internal[sel] ** 2).sum(1)).sum() / fs**2
+                dof += (3 * (1 - ms[sel] / ms.sum())).sum()
+            temps.append(twice_ke / (dof * kB))
+        expected[symbol] = np.mean(temps)
+    assert summary["element_temperatures_k"].keys() == expected.keys()
+    for symbol, t in expected.items():
+        assert summary["element_temperatures_k"][symbol] == pytest.approx(t, rel=1e-6)

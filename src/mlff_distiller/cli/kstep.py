@@ -262,6 +262,8 @@ def _print_summary(summary: dict, config) -> None:
         ("force calls (structure-calls)", str(summary["force_calls"])),
         ("MD steps per force call", f"{summary['steps_per_force_call']:.2f}"),
         ("mean temperature", measured + (f" (bath {target:.0f} K)" if target else "")),
+        ("per element", ", ".join(f"{el} {t:.0f} K" for el, t in
+                                  summary["element_temperatures_k"].items())),
         ("retries / fallbacks", f"{summary['retries']} / {summary['fallbacks']}"),
         ("rejections", ", ".join(f"{k} {v}" for k, v in summary["rejections"].items() if v)
          or "none"),
@@ -274,6 +276,8 @@ def _print_summary(summary: dict, config) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning: {warning}[/]")
 
 
 def _start_structure(smiles, structure, frame, seed):

@@ -306,6 +306,8 @@ def kstep_stage(model_path: Path, test_h5: Path, cfg: DemoConfig, out: Path, say
         f"{cmp.hybrid['mean_temperature_k']:.0f} K hybrid vs "
         f"{cmp.reference['mean_temperature_k']:.0f} K reference, "
         f"{cmp.hybrid['fallbacks']} fallbacks")  # fmt: skip
+    for warning in cmp.hybrid.get("warnings", []):
+        say(f"warning: {warning}")
     return result
 
 
@@ -493,6 +495,19 @@ def _kstep_lines(report: dict) -> list[str]:
         + ".",
         "",
     ]
+    per_element = [(el, t, r.get("element_temperatures_k", {}).get(el))
+                   for el, t in h.get("element_temperatures_k", {}).items()]  # fmt: skip
+    if per_element:
+        lines += [
+            "Per element, hybrid (reference): "
+            + ", ".join(f"{el} {t:.0f} K" + (f" ({ref:.0f} K)" if ref is not None else "")
+                        for el, t, ref in per_element)  # fmt: skip
+            + ".",
+            "",
+        ]
+    lines += [f"**Warning:** {w}" for w in h.get("warnings", [])] + (
+        [""] if h.get("warnings") else []
+    )
     if ks.get("distributions"):
         lines += [
             "Distances against the reference-vs-reference floor: `kstep/kstep_table.md`.",
