@@ -34,6 +34,7 @@ def test_kstep_cli_end_to_end(gaff2_trajectories, tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "mean temperature" in r.output and "bath 300 K" in r.output
+    assert "equilibrated with plain openmm-gaff2 MD" in " ".join(r.output.split())
     with Dataset(out) as ds:
         assert len(ds) == 2 * 4  # two replicas: start + 3 cycles
         assert float(ds.get_arrays(7)["time"]) == 3 * 5 * 0.5
@@ -44,6 +45,10 @@ def test_kstep_cli_end_to_end(gaff2_trajectories, tmp_path):
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["cycles"] == 3 and summary["md_steps_per_structure"] == 15
     assert summary["structures"] == 2 and set(summary["rejections"]) >= {"energy", "bond"}
+    # the start was equilibrated by the sampling check: at least its 1000 fs floor at 10/ps
+    assert summary["equilibration"]["time_fs"] >= 1000.0
+    assert summary["equilibration"]["friction_per_ps"] == 10.0
+    assert set(summary["element_temperatures_k"]) == {"H", "C", "O"}
 
 
 def test_the_default_run_mode_is_one_the_benchmark_measures():
@@ -66,6 +71,7 @@ def test_the_default_run_mode_is_one_the_benchmark_measures():
     assert (defaults["ensemble"], defaults["k"]) == (config.ensemble, config.k) == ("nvt", 8)
     assert defaults["dt"] == config.dt_fs == bench.DT
     assert defaults["friction"] == config.friction_per_ps == bench.FRICTION
+    assert defaults["energy_tol"] == config.energy_tol_per_atom
     assert config.k in bench.KS
 
 

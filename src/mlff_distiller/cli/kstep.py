@@ -184,6 +184,12 @@ def run_command(
     ),
     seed: int = typer.Option(0),
     threads: int = typer.Option(1, help="torch threads (1 is fastest for small molecules)"),
+    equilibrate: bool = typer.Option(
+        True,
+        help="first equilibrate the start structure with plain corrector MD until it reaches "
+        "--temperature (checked as `mlffd sample` checks it); replicas then start from it with "
+        "fresh Maxwell-Boltzmann velocities",
+    ),
 ) -> None:
     """Hybrid MD on the batched engine: network jumps over k steps + one engine step with the
     corrector's forces; NVT by default. Prints the run summary (force calls, rejections by
@@ -219,6 +225,10 @@ def run_command(
                           "heating network[/]")  # fmt: skip
         name = str(atoms.info.get("name") or atoms.get_chemical_formula())
         topo = molecule_topology(name, atoms.numbers, atoms.positions, smiles)
+        record = None
+        if equilibrate:
+            atoms, record = _equilibrated(atoms, corrector, options, smiles, temperature, dt,
+                                          friction, seed, name)  # fmt: skip
         structures = [atoms.copy() for _ in range(replicas)]
 
         def provider(structs):
@@ -232,6 +242,7 @@ def run_command(
             result = err.result
         summary = result.summary()
         summary["target_temperature_k"] = temperature if ensemble == "nvt" else None
+        summary["equilibration"] = record
         _print_summary(summary, config)
         if compare:
             from mlff_distiller.evaluation.kstep_eval import compare_hybrid_to_reference
@@ -278,6 +289,41 @@ def _print_summary(summary: dict, config) -> None:
     console.print(table)
     for warning in summary["warnings"]:
         console.print(f"[yellow]warning: {warning}[/]")
+
+
+def _equilibrated(atoms, corrector, options, smiles, temperature, dt, friction, seed, name):
+    """The start structure after plain corrector MD reached ``temperature``
+    (:func:`mlff_distiller.teachers.sampling.equilibrated_structure`), and its record."""
+    from mlff_distiller.md.forces import OPENMM_TEACHERS
+    from mlff_distiller.teachers import get_teacher
+    from mlff_distiller.teachers.sampling import SamplingConfig, equilibrated_structure
+
+    if corrector == "student":
+        from mlff_distiller.md.calculator import StudentCalculator
+
+        engine_calc = StudentCalculator(options["model"], dtype=torch_float64())
+    else:
+        extra = {"smiles": smiles} if corrector == "openmm-gaff2" and smiles else {}
+        engine_calc = get_teacher(corrector, **extra)
+    cfg = SamplingConfig(temperature_k=temperature, dt_fs=dt, friction_per_ps=friction,
+                         constraints="none", seed=seed)  # fmt: skip
+    kind = "mm" if corrector in OPENMM_TEACHERS else "qm"
+    out, record = equilibrated_structure(engine_calc, atoms, cfg, kind, name)
+    out.info.update(atoms.info)
+    state = "reached" if record["passed"] else "[yellow]did not reach[/]"
+    console.print(
+        f"equilibrated with plain {corrector} MD: {record['time_fs']:.0f} fs at "
+        f"{record['friction_per_ps']:g}/ps, {state} {temperature:g} K (mean over the last "
+        f"{record['window_fs']:g} fs {record['window_mean_k']:.0f} K, tolerance "
+        f"{record['tolerance_k']:.0f} K)"
+    )
+    return out, record
+
+
+def torch_float64():
+    import torch
+
+    return torch.float64
 
 
 def _start_structure(smiles, structure, frame, seed):

@@ -517,6 +517,24 @@ def equilibrate(
     return record
 
 
+def equilibrated_structure(
+    teacher, atoms: Atoms, cfg: SamplingConfig, kind: str, name: str = ""
+) -> tuple[Atoms, dict[str, Any]]:
+    """``atoms`` moved by :func:`equilibrate` with ``teacher`` (any ASE calculator; OpenMM
+    teachers on their own integrators), returned without momenta so that each run drawn from
+    it starts with fresh Maxwell-Boltzmann velocities (the k-step benchmark's start protocol),
+    and the equilibration record. ``kind``: ``mm`` or ``qm`` (time-step defaults)."""
+    cfg = cfg.resolved(kind)
+    start = atoms.copy()
+    start.set_momenta(np.zeros((len(start), 3)))
+    engine = make_engine(teacher, start, cfg, seed=cfg.seed)
+    record = equilibrate(engine, cfg, name=name)
+    out = atoms.copy()
+    out.positions = engine.frame()[keys.POSITIONS]
+    out.set_momenta(np.zeros((len(out), 3)))
+    return out, record
+
+
 # -- one run ------------------------------------------------------------------------------
 def sample(
     teacher: TeacherCalculator,
