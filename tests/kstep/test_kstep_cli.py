@@ -2,6 +2,7 @@
 
 import json
 
+import torch
 from typer.testing import CliRunner
 
 from mlff_distiller.cli.main import app
@@ -49,6 +50,40 @@ def test_kstep_cli_end_to_end(gaff2_trajectories, tmp_path):
     assert summary["equilibration"]["time_fs"] >= 1000.0
     assert summary["equilibration"]["friction_per_ps"] == 10.0
     assert set(summary["element_temperatures_k"]) == {"H", "C", "O"}
+
+
+def test_kstep_train_fine_tunes_the_shipped_network(gaff2_trajectories, tmp_path):
+    """``--init-from pretrained:openmm-gaff2``: the run starts from the shipped weights (its
+    architecture, whatever --hidden says), the frozen embedding and first layer keep them
+    exactly, and the trained layers move."""
+    from safetensors.torch import load_file
+
+    from mlff_distiller.kstep.pretrained import pretrained_path
+
+    runner = CliRunner()
+    windows = tmp_path / "w.h5"
+    trajs = [str(p) for p in gaff2_trajectories.values()]
+    r = runner.invoke(app, ["kstep", "dataset", *trajs, "--out", str(windows), "--k", "8",
+                            "--stride", "4"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app,
+        ["kstep", "train", str(windows), "--out", str(tmp_path / "ft"), "--init-from",
+         "pretrained:openmm-gaff2", "--freeze-layers", "1", "--epochs", "1", "--batch-size", "8",
+         "--lr", "1e-3", "--warmup-steps", "1"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    shipped = load_file(pretrained_path("openmm-gaff2") / "model.safetensors")
+    tuned = load_file(tmp_path / "ft" / "best" / "model.safetensors")
+    assert tuned.keys() == shipped.keys()
+    frozen = [k for k in shipped if k.startswith(("embed.", "layers.0."))]
+    trained = [k for k in shipped if k.startswith("layers.2.")]
+    assert frozen and trained
+    assert all(torch.equal(tuned[k], shipped[k]) for k in frozen)
+    assert any(not torch.equal(tuned[k], shipped[k]) for k in trained)
+    r = runner.invoke(app, ["kstep", "train", str(windows), "--out", str(tmp_path / "bad"),
+                            "--init-from", "pretrained:nothing-ships-this"])  # fmt: skip
+    assert r.exit_code != 0
 
 
 def test_the_default_run_mode_is_one_the_benchmark_measures():

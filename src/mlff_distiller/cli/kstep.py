@@ -88,7 +88,11 @@ def train_command(
     ),
     precision: str = typer.Option("auto", help="auto (bf16 on GPU), 32 or bf16"),
     device: str = typer.Option("auto"),
-    init_from: Path = typer.Option(None, help="k-step model to fine-tune (MM -> QM transfer)"),
+    init_from: str = typer.Option(
+        None,
+        help="k-step model folder to fine-tune, or pretrained:CORRECTOR for the shipped network "
+        "(pretrained:xtb, pretrained:openmm-gaff2): MM -> QM transfer, or a new molecule",
+    ),
     freeze_layers: int = typer.Option(0, help="with --init-from: freeze the first N layers"),
     structural_weight: float = typer.Option(1.0, help="weight of the bond-length loss"),
     kinetic_weight: float = typer.Option(
@@ -135,7 +139,7 @@ def train_command(
                   "rollout": rollout_weight},  # fmt: skip
             noise_positions=noise_positions,
             noise_velocities=noise_velocities,
-            init_from=str(init_from) if init_from else None,
+            init_from=_model_folder(init_from) if init_from else None,
             freeze_layers=freeze_layers,
         )
         ks = k or None
@@ -289,6 +293,21 @@ def _print_summary(summary: dict, config) -> None:
     console.print(table)
     for warning in summary["warnings"]:
         console.print(f"[yellow]warning: {warning}[/]")
+
+
+def _model_folder(name: str) -> str:
+    """A model folder, or ``pretrained:CORRECTOR``: the network shipped for that corrector."""
+    if name.startswith("pretrained:"):
+        from mlff_distiller.kstep.pretrained import FAMILY, pretrained_path
+
+        which = name.split(":", 1)[1]
+        known = sorted(set(FAMILY) | set(FAMILY.values()))
+        if which not in known:
+            raise ValueError(f"no shipped jump network {name!r}: use pretrained:NAME with NAME "
+                             f"one of {', '.join(known)}")  # fmt: skip
+        corrector = which if which in FAMILY else {"gaff2": "openmm-gaff2"}.get(which, which)
+        return str(pretrained_path(corrector))
+    return name
 
 
 def _equilibrated(atoms, corrector, options, smiles, temperature, dt, friction, seed, name):

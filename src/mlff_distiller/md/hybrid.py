@@ -258,8 +258,9 @@ class HybridResult:
                 f"{100 * fallbacks:.1f}% of the cycles fell back to plain MD and "
                 f"{100 * rejected:.0f}% of the jumps were rejected: the jump network is outside "
                 "what it was trained on for these structures; its temperatures and "
-                "distributions are unreliable (check with --compare, or train a network on "
-                "them with `mlffd kstep train`)"
+                "distributions are unreliable (check with --compare; fine-tune the network on "
+                "MD of these molecules: `mlffd sample`, `mlffd kstep dataset`, `mlffd kstep "
+                "train --init-from pretrained:CORRECTOR`)"
             )
         return out
 
