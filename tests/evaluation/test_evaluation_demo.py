@@ -62,6 +62,10 @@ def test_demo_kstep_stage_runs_the_shipped_network_against_plain_md(demo_report)
     assert 50.0 < ks["hybrid"]["mean_temperature_k"] < 1500.0
     assert (out / "kstep" / "kstep_distributions.png").stat().st_size > 0
     assert "k-step hybrid MD" in (out / "report.md").read_text()
+    # the shipped network was fine-tuned on k = 8 windows of the demo's own teacher MD
+    # (150 fs at 0.5 fs, a frame every 2 steps: 151 frames; k = 8 spans 4 of them)
+    assert ks["finetune"]["epochs"] == 3 and ks["finetune"]["windows"] == 147
+    assert "fine-tuned 3 epochs" in (out / "report.md").read_text()
 
 
 def test_eval_cli_reproduces_the_demo_numbers(demo_report):
