@@ -73,28 +73,37 @@ def test_noise_is_rotation_equivariant(batch):
     torch.testing.assert_close(r_ntgt.delta_velocities, ntgt.delta_velocities @ rot.T)
 
 
-def test_kinetic_energy_loss_by_hand():
-    # two molecules: a "hydrogen pair" and one carbon; velocities in Å/fs
-    masses = torch.tensor([1.0, 1.0, 12.0], dtype=torch.float64)
-    v = torch.tensor([[0.01, 0, 0], [-0.01, 0, 0], [0, 0.002, 0]], dtype=torch.float64)
+def _h2_and_c(velocities: torch.Tensor, system_idx: list[int]):
+    """Two hydrogens (1 amu) and a carbon (12 amu) at the origin with ``velocities`` (3, 3)
+    Å/fs, in the molecules ``system_idx``; the true jump changes nothing (k = 4, dt 0.5 fs)."""
+    n_sys = max(system_idx) + 1
     inp = KStepInput.molecules(
         atomic_numbers=torch.tensor([1, 1, 6]),
-        masses=masses,
+        masses=torch.tensor([1.0, 1.0, 12.0], dtype=torch.float64),
         positions=torch.zeros(3, 3, dtype=torch.float64),
-        velocities=v,
-        system_idx=torch.tensor([0, 0, 1]),
-        k=torch.tensor([4, 4]),
-        dt=torch.tensor([0.5, 0.5], dtype=torch.float64),
+        velocities=velocities,
+        system_idx=torch.tensor(system_idx),
+        k=torch.full((n_sys,), 4),
+        dt=torch.full((n_sys,), 0.5, dtype=torch.float64),
     )
     zeros = torch.zeros(3, 3, dtype=torch.float64)
     tgt = KStepTargets(
         delta_positions=zeros,
-        delta_velocities=zeros,  # true end: v_t (kinetic energy unchanged)
+        delta_velocities=zeros,
         tau=torch.full((3, 1), 2.0, dtype=torch.float64),
         bonds=torch.zeros(0, 2, dtype=torch.long),
         angles=torch.zeros(0, 3, dtype=torch.long),
         dihedrals=torch.zeros(0, 4, dtype=torch.long),
     )
+    return inp, tgt
+
+
+def test_kinetic_energy_loss_by_hand():
+    # two molecules: a "hydrogen pair" and one carbon; velocities in Å/fs
+    masses = torch.tensor([1.0, 1.0, 12.0], dtype=torch.float64)
+    v = torch.tensor([[0.01, 0, 0], [-0.01, 0, 0], [0, 0.002, 0]], dtype=torch.float64)
+    inp, tgt = _h2_and_c(v, system_idx=[0, 0, 1])  # true end: v_t (kinetic energy unchanged)
+    zeros = torch.zeros(3, 3, dtype=torch.float64)
     dv = 0.1 * v  # the prediction heats both molecules by 1.1² - 1 = 21 %
     dv[1] = 0.0  # ... except the second hydrogen
     outputs = {DELTA_POSITIONS: zeros, DELTA_VELOCITIES: dv}
@@ -158,3 +167,24 @@ def test_first_order_energy_loss_matches_the_real_energy_change():
     _, parts = kstep_loss(outputs, inp.positions, tgt, w, inp)
     assert abs(real_change) > 1e-6  # the error does change the energy
     assert float(parts["energy"]) == pytest.approx((real_change / 3) ** 2, rel=1e-2)
+
+
+def test_element_kinetic_energy_loss_by_hand():
+    """A jump that moves kinetic energy from the carbon to the hydrogens of one molecule keeps
+    the molecule's total (the molecular term is zero) but not each element's."""
+    v = torch.tensor([[0.01, 0, 0], [0, 0.01, 0], [0, 0, 0.002]], dtype=torch.float64)
+    inp, tgt = _h2_and_c(v, system_idx=[0, 0, 0])
+    zeros = torch.zeros(3, 3, dtype=torch.float64)
+    # m v^2: H 1e-4 each (2e-4 together), C 4.8e-5. Move 10% of the C's onto the hydrogens:
+    # C x0.9 (v x sqrt(0.9)), hydrogens +4.8e-6 together (v x sqrt(1 + 0.024))
+    pred = v.clone()
+    pred[2] *= np.sqrt(0.9)
+    pred[:2] *= np.sqrt(1.0 + 4.8e-6 / 2e-4)
+    outputs = {DELTA_POSITIONS: zeros, DELTA_VELOCITIES: pred - v}
+    w = KStepLossWeights(delta_x=0, delta_v=0, bond=0, angle=0, dihedral=0, kinetic=1.0,
+                         element_kinetic=3.0)  # fmt: skip
+    total, parts = kstep_loss(outputs, inp.positions, tgt, w, inp)
+    assert float(parts["kinetic"]) == pytest.approx(0.0, abs=1e-20)
+    expected = np.mean([0.024**2, 0.1**2])  # hydrogens +2.4 %, carbon -10 %
+    assert float(parts["element_kinetic"]) == pytest.approx(expected, rel=1e-9)
+    assert float(total) == pytest.approx(3.0 * expected, rel=1e-9)

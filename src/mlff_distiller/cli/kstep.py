@@ -98,6 +98,9 @@ def train_command(
     kinetic_weight: float = typer.Option(
         0.0, help="weight of the per-molecule kinetic-energy loss (trains heating away)"
     ),
+    element_kinetic_weight: float = typer.Option(
+        0.0, help="weight of the per-(molecule, element) kinetic-energy loss (equipartition)"
+    ),
     energy_weight: float = typer.Option(
         0.0, help="weight of the first-order total-energy error loss (needs forces)"
     ),
@@ -136,7 +139,8 @@ def train_command(
             device=device,
             seed=seed,
             loss={"bond": structural_weight, "kinetic": kinetic_weight, "energy": energy_weight,
-                  "rollout": rollout_weight},  # fmt: skip
+                  "element_kinetic": element_kinetic_weight, "rollout": rollout_weight},
+            # fmt: skip
             noise_positions=noise_positions,
             noise_velocities=noise_velocities,
             init_from=_model_folder(init_from) if init_from else None,

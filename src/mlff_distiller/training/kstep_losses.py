@@ -11,6 +11,9 @@
   ``v_t + delta_v`` with the true one, as a relative error ``(K_pred - K_true) / K_true``
   squared: a per-window error that averages out in ``delta_v`` but is systematically positive
   heats the hybrid MD cycle after cycle.
+- The element-kinetic term (``inputs`` given) is the same relative error per (molecule,
+  element) group, so that a jump cannot move kinetic energy from one element to another while
+  the molecule's total stays right (the hybrid's broken equipartition, README).
 - The energy term (``inputs`` given, targets with forces) is the first-order change of the total
   energy that the prediction error causes at the true end state:
   ``dE = sum_i -F_i(x_{t+k}) . (dx_pred - dx_true)_i + m_i v_{t+k,i} . (dv_pred - dv_true)_i``
@@ -80,6 +83,7 @@ class KStepLossWeights:
     dihedral: float = 0.01
     force: float = 0.0
     kinetic: float = 0.0
+    element_kinetic: float = 0.0
     energy: float = 0.0
     rollout: float = 0.0
 
@@ -149,6 +153,22 @@ def kinetic_energy_loss(
     return torch.mean(((pred - true) / true.clamp_min(1e-12)) ** 2)
 
 
+def element_kinetic_energy_loss(
+    delta_velocities: torch.Tensor, inputs: KStepInput, targets: KStepTargets
+) -> torch.Tensor:
+    """Mean over (molecule, element) groups of the squared relative error of the group's
+    kinetic energy after the jump, ``sum m |v_t + delta_v|^2`` against the true one."""
+    m = inputs.masses.to(delta_velocities.dtype)
+    key = inputs.system_idx * 128 + inputs.atomic_numbers.to(inputs.system_idx.dtype)
+    _, group = torch.unique(key, return_inverse=True)
+    n_groups = int(group.max()) + 1
+    pred = m * (inputs.velocities + delta_velocities).square().sum(-1)
+    true = m * (inputs.velocities + targets.delta_velocities).square().sum(-1)
+    zeros = pred.new_zeros(n_groups)
+    pred, true = zeros.index_add(0, group, pred), zeros.index_add(0, group, true)
+    return torch.mean(((pred - true) / true.clamp_min(1e-12)) ** 2)
+
+
 def first_order_energy_loss(
     delta_positions: torch.Tensor,
     delta_velocities: torch.Tensor,
@@ -198,6 +218,9 @@ def kstep_loss(
     if w.kinetic > 0 and inputs is not None:
         parts["kinetic"] = kinetic_energy_loss(dv, inputs, targets)
         total = total + w.kinetic * parts["kinetic"]
+    if w.element_kinetic > 0 and inputs is not None:
+        parts["element_kinetic"] = element_kinetic_energy_loss(dv, inputs, targets)
+        total = total + w.element_kinetic * parts["element_kinetic"]
     if w.energy > 0 and inputs is not None and targets.forces is not None:
         parts["energy"] = first_order_energy_loss(dx, dv, inputs, targets)
         total = total + w.energy * parts["energy"]
