@@ -43,6 +43,8 @@ def test_kstep_cli_end_to_end(gaff2_trajectories, tmp_path):
         settings = json.loads(settings) if isinstance(settings, str) else settings
         assert ds.attrs["velocity_convention"] == "on-step"
     assert settings["ensemble"] == "nvt" and settings["friction_per_ps"] == 1.0  # the default
+    r = runner.invoke(app, ["kstep", "run", "--out", str(out), "--smiles", "CO"])
+    assert r.exit_code == 1 and "exists" in r.output  # an earlier run is never overwritten
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["cycles"] == 3 and summary["md_steps_per_structure"] == 15
     assert summary["structures"] == 2 and set(summary["rejections"]) >= {"energy", "bond"}

@@ -165,7 +165,9 @@ def run_command(
     model: Path = typer.Argument(
         None, help="k-step model directory (default: the network shipped for the corrector)"
     ),
-    out: Path = typer.Option(..., "--out", help="HDF5 trajectory to write"),
+    out: Path = typer.Option(
+        Path("kstep_run.h5"), "--out", help="HDF5 trajectory to write (its summary: .json beside)"
+    ),
     smiles: str = typer.Option(None, help="molecule as SMILES (3D structure built by RDKit)"),
     structure: Path = typer.Option(None, help="or a structure file / trajectory (.h5)"),
     frame: int = typer.Option(-1, help="frame of a structure file to start from"),
@@ -192,6 +194,7 @@ def run_command(
     ),
     seed: int = typer.Option(0),
     threads: int = typer.Option(1, help="torch threads (1 is fastest for small molecules)"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out file"),
     equilibrate: bool = typer.Option(
         True,
         help="first equilibrate the start structure with plain corrector MD until it reaches "
@@ -211,6 +214,8 @@ def run_command(
 
     torch.set_num_threads(threads)
     with user_errors():
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists: give another --out or pass --overwrite")
         atoms = _start_structure(smiles, structure, frame, seed)
         if model is None:
             from mlff_distiller.kstep.pretrained import check_range, pretrained_path
