@@ -138,9 +138,13 @@ def train_command(
             precision=precision,
             device=device,
             seed=seed,
-            loss={"bond": structural_weight, "kinetic": kinetic_weight, "energy": energy_weight,
-                  "element_kinetic": element_kinetic_weight, "rollout": rollout_weight},
-            # fmt: skip
+            loss={
+                "bond": structural_weight,
+                "kinetic": kinetic_weight,
+                "element_kinetic": element_kinetic_weight,
+                "energy": energy_weight,
+                "rollout": rollout_weight,
+            },
             noise_positions=noise_positions,
             noise_velocities=noise_velocities,
             init_from=_model_folder(init_from) if init_from else None,
@@ -305,17 +309,11 @@ def _print_summary(summary: dict, config) -> None:
 
 
 def _model_folder(name: str) -> str:
-    """A model folder, or ``pretrained:CORRECTOR``: the network shipped for that corrector."""
+    """A model folder, or ``pretrained:NAME``: a shipped network (family or corrector name)."""
     if name.startswith("pretrained:"):
-        from mlff_distiller.kstep.pretrained import FAMILY, pretrained_path
+        from mlff_distiller.kstep.pretrained import shipped_network
 
-        which = name.split(":", 1)[1]
-        known = sorted(set(FAMILY) | set(FAMILY.values()))
-        if which not in known:
-            raise ValueError(f"no shipped jump network {name!r}: use pretrained:NAME with NAME "
-                             f"one of {', '.join(known)}")  # fmt: skip
-        corrector = which if which in FAMILY else {"gaff2": "openmm-gaff2"}.get(which, which)
-        return str(pretrained_path(corrector))
+        return str(shipped_network(name.split(":", 1)[1]))
     return name
 
 
@@ -327,9 +325,11 @@ def _equilibrated(atoms, corrector, options, smiles, temperature, dt, friction, 
     from mlff_distiller.teachers.sampling import SamplingConfig, equilibrated_structure
 
     if corrector == "student":
+        import torch
+
         from mlff_distiller.md.calculator import StudentCalculator
 
-        engine_calc = StudentCalculator(options["model"], dtype=torch_float64())
+        engine_calc = StudentCalculator(options["model"], dtype=torch.float64)
     else:
         extra = {"smiles": smiles} if corrector == "openmm-gaff2" and smiles else {}
         engine_calc = get_teacher(corrector, **extra)
@@ -346,12 +346,6 @@ def _equilibrated(atoms, corrector, options, smiles, temperature, dt, friction, 
         f"{record['tolerance_k']:.0f} K)"
     )
     return out, record
-
-
-def torch_float64():
-    import torch
-
-    return torch.float64
 
 
 def _start_structure(smiles, structure, frame, seed):

@@ -22,12 +22,22 @@ TRAINED_DT_FS = 0.5
 
 
 def pretrained_path(corrector: str) -> Path:
-    """The shipped network for ``corrector`` (a folder loadable by ``load_model``)."""
-    family = FAMILY.get(corrector, "xtb")
+    """The shipped network for ``corrector`` (a folder loadable by ``load_model``); correctors
+    without a family of their own use the xTB network."""
+    return shipped_network(FAMILY.get(corrector, "xtb"))
+
+
+def shipped_network(name: str) -> Path:
+    """The shipped network named by its family (``gaff2``, ``xtb``) or by a corrector of
+    :data:`FAMILY`; any other name is an error that lists the known ones."""
+    family = FAMILY.get(name, name)
+    if family not in set(FAMILY.values()):
+        known = ", ".join(sorted(set(FAMILY) | set(FAMILY.values())))
+        raise ValueError(f"no shipped jump network {name!r}: use one of {known}")
     path = ROOT / family
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(
-            f"no pretrained jump network for {corrector!r} in this installation ({path}); "
+            f"no pretrained jump network {family!r} in this installation ({path}); "
             "train one with `mlffd kstep train` and pass its folder"
         )
     return path

@@ -241,7 +241,6 @@ class HybridResult:
             "frames_written": self.frames_written,
         }
 
-
     def warnings(self) -> list[str]:
         """Signs that the jump network is out of its depth for these structures: a fallback
         in more than ``FALLBACK_WARNING`` of the structure-cycles, or rejections in more than

@@ -160,12 +160,10 @@ def element_kinetic_energy_loss(
     kinetic energy after the jump, ``sum m |v_t + delta_v|^2`` against the true one."""
     m = inputs.masses.to(delta_velocities.dtype)
     key = inputs.system_idx * 128 + inputs.atomic_numbers.to(inputs.system_idx.dtype)
-    _, group = torch.unique(key, return_inverse=True)
-    n_groups = int(group.max()) + 1
-    pred = m * (inputs.velocities + delta_velocities).square().sum(-1)
-    true = m * (inputs.velocities + targets.delta_velocities).square().sum(-1)
-    zeros = pred.new_zeros(n_groups)
-    pred, true = zeros.index_add(0, group, pred), zeros.index_add(0, group, true)
+    _, group = torch.unique(key, return_inverse=True)  # (n_atoms,) index of (molecule, Z)
+    n = int(group.max()) + 1
+    pred = thermo.kinetic_energy(inputs.velocities + delta_velocities, m, group, n)
+    true = thermo.kinetic_energy(inputs.velocities + targets.delta_velocities, m, group, n)
     return torch.mean(((pred - true) / true.clamp_min(1e-12)) ** 2)
 
 
