@@ -109,16 +109,29 @@ def kinetic_energy_change(
     return masses * (velocities * delta).sum(-1) * units.MASS_VELOCITY2_TO_EV
 
 
+def internal_twice_kinetic_energy(
+    velocities: torch.Tensor, masses: torch.Tensor, system_idx=None, n_systems=None
+) -> torch.Tensor:
+    """(..., n_atoms) eV: each atom's ``m |v - v_com|^2``, twice its internal kinetic energy."""
+    internal = internal_velocities(velocities, masses, system_idx, n_systems)
+    return masses * internal.square().sum(-1) * units.MASS_VELOCITY2_TO_EV
+
+
 @_numpy_in_numpy_out
 def temperature(velocities, masses, system_idx=None, n_systems=None) -> torch.Tensor:
     """(..., n_systems) K: ``2 K_internal / ((3N - 3) k_B)`` (see the module docstring)."""
     system_idx, n_systems = _index(masses, system_idx, n_systems)
-    internal = internal_velocities(velocities, masses, system_idx, n_systems)
-    twice_ke = _per_system(
-        masses * internal.square().sum(-1) * units.MASS_VELOCITY2_TO_EV, system_idx, n_systems
-    )
+    twice_ke = internal_twice_kinetic_energy(velocities, masses, system_idx, n_systems)
+    return temperature_of(twice_ke, masses, system_idx, n_systems)
+
+
+def temperature_of(
+    twice_ke: torch.Tensor, masses: torch.Tensor, system_idx=None, n_systems=None
+) -> torch.Tensor:
+    """(..., n_systems) K from :func:`internal_twice_kinetic_energy` (..., n_atoms) eV."""
+    system_idx, n_systems = _index(masses, system_idx, n_systems)
     dof = _per_system(atom_degrees_of_freedom(masses, system_idx, n_systems), system_idx, n_systems)
-    return twice_ke / (dof * units.BOLTZMANN)
+    return _per_system(twice_ke, system_idx, n_systems) / (dof * units.BOLTZMANN)
 
 
 @_numpy_in_numpy_out
@@ -128,9 +141,17 @@ def element_temperature(
     """``{Z: (...,) K}``: the temperature of each element's atoms over all structures, from
     their internal velocities and their ``3 (1 - m_i / M)`` degrees of freedom each."""
     system_idx, n_systems = _index(masses, system_idx, n_systems)
+    twice_ke = internal_twice_kinetic_energy(velocities, masses, system_idx, n_systems)
+    return element_temperature_of(twice_ke, masses, atomic_numbers, system_idx, n_systems)
+
+
+def element_temperature_of(
+    twice_ke: torch.Tensor, masses: torch.Tensor, atomic_numbers, system_idx=None, n_systems=None
+) -> dict[int, torch.Tensor]:
+    """:func:`element_temperature` from :func:`internal_twice_kinetic_energy` (..., n_atoms) eV
+    (a sum over frames gives the summed temperatures)."""
+    system_idx, n_systems = _index(masses, system_idx, n_systems)
     numbers = torch.as_tensor(atomic_numbers, device=masses.device)
-    internal = internal_velocities(velocities, masses, system_idx, n_systems)
-    twice_ke = masses * internal.square().sum(-1) * units.MASS_VELOCITY2_TO_EV  # (..., n)
     dof = atom_degrees_of_freedom(masses, system_idx, n_systems)
     out = {}
     for z in torch.unique(numbers).tolist():

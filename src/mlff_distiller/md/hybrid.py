@@ -410,8 +410,13 @@ class HybridIntegrator:
 
     # ------------------------------------------------------------------ one cycle
     def cycle(self, state: MDState, ke_mean: torch.Tensor, result: HybridResult) -> MDState:
-        """Advance every structure one cycle (retries and fallbacks included)."""
+        """Advance every structure one cycle (retries and fallbacks included). With
+        :class:`NoJump` a cycle is one plain engine step, taken directly (the reference MD
+        pays none of the hybrid's checks: its wall clock is that of plain engine MD)."""
         cfg = self.config
+        if isinstance(self.network, NoJump):
+            result.energy_errors.append(np.full(state.n_systems, np.nan))
+            return self.plain_step(state)
         pending = torch.arange(state.n_systems, device=state.positions.device)
         errors = torch.full(
             (state.n_systems,), torch.nan, dtype=state.positions.dtype, device=pending.device
@@ -533,25 +538,34 @@ def run_hybrid(
         }
         writer = DatasetWriter(out, attrs=attrs, flush_every=state.n_systems)
     _save(writer, result, state, names, 0.0)
+    twice_ke_sum = None  # (n_atoms,) eV: internal m v^2 summed over cycle ends
     try:
         with StepProgress(progress, cycles) as advance:
             for c in range(1, cycles + 1):
                 state = hybrid.cycle(state, ke_mean, result)
                 result.cycles, result.md_steps = c, c * (config.k + 1)
                 ke_mean = ke_mean + (state.kinetic_energy() - ke_mean) / (c + 1)
-                result.temperatures.append(state.temperature().detach().cpu().numpy())
-                for z, t in thermo.element_temperature(
-                    state.velocities, state.masses, state.atomic_numbers, state.system_idx,
-                    state.n_systems,
-                ).items():  # fmt: skip
-                    sums = result.element_temperature_sums
-                    sums[z] = sums.get(z, 0.0) + float(t)
+                twice_ke = thermo.internal_twice_kinetic_energy(
+                    state.velocities, state.masses, state.system_idx, state.n_systems
+                )
+                twice_ke_sum = twice_ke if twice_ke_sum is None else twice_ke_sum + twice_ke
+                result.temperatures.append(
+                    thermo.temperature_of(twice_ke, state.masses, state.system_idx,
+                                          state.n_systems).detach().cpu().numpy()
+                )  # fmt: skip
                 if c % config.save_every == 0:
                     check_finite(state, names, c)
                     _save(writer, result, state, names, c * config.cycle_fs)
                 advance()
     finally:
         result.state = state
+        if twice_ke_sum is not None:
+            result.element_temperature_sums = {
+                z: float(t) for z, t in thermo.element_temperature_of(
+                    twice_ke_sum, state.masses, state.atomic_numbers, state.system_idx,
+                    state.n_systems,
+                ).items()
+            }  # fmt: skip
         result.force_calls = hybrid.provider.structure_calls - calls0
         result.corrector_seconds = hybrid.provider.seconds - seconds0
         result.network_calls = hybrid.network_calls

@@ -106,6 +106,9 @@ class TeacherCalculator(Calculator):
     """
 
     implemented_properties = [keys.ENERGY, keys.FREE_ENERGY, keys.FORCES]
+    # separate instances may compute at once in threads (the engine releases the GIL and
+    # shares no state between instances); the MD engine's force providers then use a pool
+    concurrent_calls = False
 
     def __init__(self, info: TeacherInfo, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -32,8 +32,11 @@ class XTBTeacher(TeacherCalculator):
     is no second ASE state check. Like the wrapper, the SCF starts from the previous structure's
     converged result (MD steps, labelling a trajectory); when such a restart fails to converge,
     the call is repeated once from tblite's default guess before it is an error. A new element
-    list or periodicity builds a new tblite calculator.
+    list or periodicity builds a new tblite calculator. Separate instances may run at once in
+    threads (``concurrent_calls``: tblite releases the GIL and an instance shares no state).
     """
+
+    concurrent_calls = True
 
     def __init__(self, info: TeacherInfo, settings: dict[str, Any]) -> None:
         super().__init__(info)
