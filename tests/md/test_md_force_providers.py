@@ -47,18 +47,14 @@ def test_concurrent_xtb_equals_tblites_ase_calculator_structure_by_structure():
         ref.calc = TBLite(method="GFN2-xTB", verbosity=0)
         mask = batch.system_idx == s
         assert abs(float(out_pool[keys.ENERGY][s]) - ref.get_potential_energy()) < 1e-6
-        np.testing.assert_allclose(
-            out_pool[keys.FORCES][mask].numpy(), ref.get_forces(), atol=1e-6
-        )
+        np.testing.assert_allclose(out_pool[keys.FORCES][mask].numpy(), ref.get_forces(), atol=1e-6)
     np.testing.assert_allclose(out_pool[keys.ENERGY], out_serial[keys.ENERGY], atol=1e-8)
     np.testing.assert_allclose(out_pool[keys.FORCES], out_serial[keys.FORCES], atol=1e-7)
     # a subset of the structures, in another order, maps to the right ones
     sub = [structures[3], structures[0]]
     sub_batch = _batch(sub, ids=[3, 0])
     out_sub = pooled.energy_and_forces(sub_batch)
-    np.testing.assert_allclose(
-        out_sub[keys.ENERGY], out_pool[keys.ENERGY][[3, 0]], atol=1e-6
-    )
+    np.testing.assert_allclose(out_sub[keys.ENERGY], out_pool[keys.ENERGY][[3, 0]], atol=1e-6)
 
 
 def test_worker_threads_run_openmp_on_their_share_of_the_cpus():
