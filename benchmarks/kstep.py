@@ -231,6 +231,8 @@ def main() -> None:
     parser.add_argument("--discard-fs", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("mm", "xtb", "both"), default="both")
+    parser.add_argument("--molecule", action="append", default=[],
+                        help="only these held-out molecules (repeat; default: all)")
     parser.add_argument("--networks", choices=("pretrained", "train"), default="pretrained",
                         help="the networks shipped in the package (samples only the held-out "
                         "molecules), or train them as they were trained (samples all)")
@@ -280,6 +282,8 @@ def main() -> None:
         held += [(qm_net, "xtb", n, s, qm_paths[n]) for n, s in XTB_HELD_OUT.items()]
     if quick:
         held = held[:1] + held[-1:]
+    if args.molecule:
+        held = [h for h in held if h[2] in args.molecule]
     for net, teacher, name, smiles, path in held:
         evaluate_molecule(net, teacher, name, smiles, path, args, rows)
         (work / "kstep_rows.json").write_text(json.dumps(rows, indent=1, default=float))

@@ -379,3 +379,43 @@ def test_summary_reports_per_element_temperatures_and_no_warning_for_a_clean_run
     assert summary["element_temperatures_k"].keys() == expected.keys()
     for symbol, t in expected.items():
         assert summary["element_temperatures_k"][symbol] == pytest.approx(t, rel=1e-6)
+
+
+def test_kinetic_energy_flows_add_up_and_point_at_the_heated_element(ethanol):
+    """``record_flows``: the stages' per-element changes of an accepted run add up, cycle by
+    cycle, to each element's internal kinetic energy at the end minus at the start (a ledger
+    that cannot balance by accident), and a jump that speeds up only the H atoms shows as a
+    jump flow on H (C and O: only the net momentum removed), which the NVE restoring then
+    takes from every element."""
+    provider = make_force_provider("openmm-gaff2", [ethanol, ethanol])
+    z = torch.as_tensor(np.tile(ethanol.numbers, 2))
+
+    def speed_up_hydrogen(inp):
+        dv = torch.where((inp.atomic_numbers == 1)[:, None], 0.02 * inp.velocities, 0.0)
+        return torch.zeros_like(inp.positions), dv
+
+    for ensemble, fn in (("nvt", None), ("nve", speed_up_hydrogen)):
+        config = HybridConfig(k=2, ensemble=ensemble, seed=5, record_flows=True,
+                              energy_tol_per_atom=None)  # fmt: skip
+        result = run_hybrid(Scripted(fn), provider, [ethanol, ethanol], config, 15,
+                            progress=False, keep_frames=True)  # fmt: skip
+        assert result.fallbacks == 0 and sum(result.rejections.values()) == 0
+        frames = result.frame_arrays()
+        masses = torch.as_tensor(np.tile(ethanol.get_masses(), 2))
+        idx = torch.repeat_interleave(torch.arange(2), len(ethanol))
+        ke = [
+            0.5 * thermo.internal_twice_kinetic_energy(torch.as_tensor(v), masses, idx, 2)
+            for v in (frames["velocities"][0], frames["velocities"][-1])
+        ]
+        table = result.summary()["kinetic_energy_flow_mev_per_atom_cycle"]
+        for symbol, number in (("H", 1), ("C", 6), ("O", 8)):
+            count = int((z == number).sum()) * 15
+            ledger = sum(stage[symbol] for stage in table.values()) * count / 1e3
+            expected = float((ke[1] - ke[0])[z == number].sum())
+            assert ledger == pytest.approx(expected, abs=1e-9)
+        if ensemble == "nve":
+            assert table["jump"]["H"] > 0.1  # meV per H per cycle
+            # C and O only feel the removal of the speed-up's net momentum
+            assert all(table["jump"]["H"] > 10 * abs(table["jump"][s]) for s in ("C", "O"))
+            assert all(table["restoring"][s] < 0 for s in ("H", "C", "O"))
+            assert table["thermostat"] == {"H": 0.0, "C": 0.0, "O": 0.0}

@@ -199,6 +199,10 @@ def run_command(
     seed: int = typer.Option(0),
     threads: int = typer.Option(1, help="torch threads (1 is fastest for small molecules)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out file"),
+    flows: bool = typer.Option(
+        False, help="print each element's kinetic-energy change per stage of the cycle "
+        "(thermostat, jump, corrector, restoring): which stage heats or cools which element"
+    ),
     equilibrate: bool = typer.Option(
         True,
         help="first equilibrate the start structure with plain corrector MD until it reaches "
@@ -235,7 +239,7 @@ def run_command(
             k=k, dt_fs=dt, ensemble=ensemble, temperature_k=temperature,
             friction_per_ps=friction, rescale=rescale, fallback=fallback,
             max_attempts=max_attempts, energy_tol_per_atom=energy_tol if energy_tol > 0 else None,
-            save_every=save_every, seed=seed,
+            save_every=save_every, seed=seed, record_flows=flows,
         )  # fmt: skip
         if ensemble == "nvt" and friction > 2.0:
             console.print(f"[yellow]friction {friction}/ps: above 2/ps a thermostat hides a "
@@ -304,6 +308,17 @@ def _print_summary(summary: dict, config) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    flows = summary.get("kinetic_energy_flow_mev_per_atom_cycle")
+    if flows:
+        elements = list(next(iter(flows.values())))
+        ftable = Table(title="kinetic-energy change per atom and cycle, meV (accepted cycles)")
+        ftable.add_column("stage")
+        for el in elements:
+            ftable.add_column(el, justify="right")
+        for stage, per_el in [*flows.items(), ("sum", None)]:
+            values = per_el or {el: sum(f[el] for f in flows.values()) for el in elements}
+            ftable.add_row(stage, *(f"{values[el]:+.3f}" for el in elements))
+        console.print(ftable)
     for warning in summary["warnings"]:
         console.print(f"[yellow]warning: {warning}[/]")
 

@@ -117,6 +117,7 @@ class HybridConfig:
     energy_tol_per_atom: float | None = 0.05  # eV; None: no energy check
     save_every: int = 1  # cycles between saved frames
     seed: int = 0
+    record_flows: bool = False  # per-element kinetic-energy change of each stage of the cycle
 
     def __post_init__(self) -> None:
         if self.k < 0 or self.dt_fs <= 0 or self.max_attempts < 1 or self.save_every < 1:
@@ -199,6 +200,9 @@ class HybridResult:
     # {Z: summed K}: each element's temperature over all structures, summed over cycle ends
     element_temperature_sums: dict[int, float] = field(default_factory=dict)
     frames: dict[str, list[np.ndarray]] | None = None  # keep_frames: time, positions, ...
+    # record_flows: {stage: {Z: summed internal kinetic-energy change, eV}} of accepted cycles
+    flows: dict[str, dict[int, float]] | None = None
+    flow_atom_cycles: dict[int, int] = field(default_factory=dict)  # {Z: atoms x cycles}
 
     def frame_arrays(self) -> dict[str, np.ndarray]:
         """The kept frames: ``time`` (F,) fs, ``positions`` and ``velocities`` (F, n_atoms, 3),
@@ -235,10 +239,27 @@ class HybridResult:
                 for z, total in sorted(self.element_temperature_sums.items())
             },
             "warnings": self.warnings(),
+            "kinetic_energy_flow_mev_per_atom_cycle": self.flow_table(),
             "network_ms_per_call": 1e3 * self.network_seconds / max(self.cycles, 1),
             "corrector_ms_per_call": 1e3 * self.corrector_seconds / max(self.force_calls, 1),
             "wall_seconds": self.wall_seconds,
             "frames_written": self.frames_written,
+        }
+
+    def flow_table(self) -> dict[str, dict[str, float]] | None:
+        """``{stage: {element: meV}}``: the mean change of an atom's internal kinetic energy in
+        each stage of an accepted cycle (``record_flows``). At equilibrium the stages of plain
+        MD sum to zero for every element; the jump and the restoring of a hybrid that heats one
+        element and cools another show here which stage moves the energy (FlashMD's known
+        failure mode: loss of equipartition)."""
+        if self.flows is None:
+            return None
+        return {
+            stage: {
+                chemical_symbols[z]: 1e3 * total / max(self.flow_atom_cycles.get(z, 0), 1)
+                for z, total in sorted(per_z.items())
+            }
+            for stage, per_z in self.flows.items()
         }
 
     def warnings(self) -> list[str]:
@@ -282,6 +303,8 @@ class HybridIntegrator:
         self.net_device = param.device if param is not None else torch.device("cpu")
         self.network_seconds = 0.0
         self.network_calls = 0
+        self.flows: dict[str, dict[int, float]] | None = None  # config.record_flows
+        self.flow_atom_cycles: dict[int, int] = {}
 
     # ------------------------------------------------------------------ pieces
     def jump(self, state: MDState, scale: float, predicted: bool) -> MDState:
@@ -359,6 +382,7 @@ class HybridIntegrator:
         s1 = self._o(state, half)
         heat = s1.kinetic_energy() - state.kinetic_energy()
         jumped = self.jump(s1, scale, predicted=first and cfg.predicted_forces)
+        full_ke = [_atom_ke(x) for x in (state, s1, jumped)] if cfg.record_flows else None
         finite = torch.isfinite(jumped.positions).all(1) & torch.isfinite(jumped.velocities).all(1)
         per_sys_finite = torch.zeros(n_sys, dtype=torch.long, device=finite.device).index_add(
             0, jumped.system_idx, (~finite).long()
@@ -376,9 +400,14 @@ class HybridIntegrator:
             part = with_forces(part, self.provider)
         part_start = state.select(ok) if len(ok) < n_sys else state
         kinetic_before = part.kinetic_energy()
+        part_ke = [_atom_ke(part)] if full_ke is not None else None
         part = self._o(part, half)
         part_heat = [heat[ok] + part.kinetic_energy() - kinetic_before]
+        if part_ke is not None:
+            part_ke.append(_atom_ke(part))
         part = self.plain_step(part, part_heat)
+        if part_ke is not None:
+            part_ke.append(_atom_ke(part))
         heat_sum = sum(part_heat)
         sub_n = n_atoms[ok]
         sub_reason = torch.full((len(ok),), _OK, dtype=torch.long, device=reason.device)
@@ -396,17 +425,46 @@ class HybridIntegrator:
             rescaled, fine = rescale_to_energy(part, e_start[ok] + heat_sum)
             _mark(sub_reason, ~fine & finite, "rescale")
             part = rescaled
+        if part_ke is not None:
+            part_ke.append(_atom_ke(part))
         reason[ok] = sub_reason
         errors[ok] = error.detach()
         good = ok[sub_reason == _OK]
         if not len(good):
             return state, reason, errors
         good_in_part = torch.nonzero(sub_reason == _OK).flatten()
+        if full_ke is not None:
+            self._record_flows(state, good, part, good_in_part, full_ke, part_ke)
         accepted = part.select(good_in_part) if len(good_in_part) < len(ok) else part
         new = state.merged(good, accepted) if len(good) < n_sys else accepted.replace(
             structure_ids=state.structure_ids
         )  # fmt: skip
         return new, reason, errors
+
+    def _record_flows(self, state, good, part, good_in_part, full_ke, part_ke) -> None:
+        """Add the accepted structures' per-element kinetic-energy change of each stage:
+        ``full_ke`` (start, after the first O, after the jump) over ``state``'s atoms,
+        ``part_ke`` (before and after the second O, after the corrector, after the restoring)
+        over ``part``'s."""
+        flows = self.flows if self.flows is not None else {}
+        in_full = state.atom_mask(good)
+        in_part = part.atom_mask(good_in_part)
+        z_full, z_part = state.atomic_numbers[in_full], part.atomic_numbers[in_part]
+        stages = [("thermostat", full_ke[1] - full_ke[0], in_full, z_full),
+                  ("jump", full_ke[2] - full_ke[1], in_full, z_full),
+                  ("thermostat", part_ke[1] - part_ke[0], in_part, z_part),
+                  ("corrector", part_ke[2] - part_ke[1], in_part, z_part),
+                  ("restoring", part_ke[3] - part_ke[2], in_part, z_part)]  # fmt: skip
+        for stage, delta, mask, z in stages:
+            per_z = flows.setdefault(stage, {})
+            for element in torch.unique(z).tolist():
+                total = float(delta[mask][z == element].sum())
+                per_z[int(element)] = per_z.get(int(element), 0.0) + total
+        for element, count in zip(*torch.unique(z_full, return_counts=True)):
+            self.flow_atom_cycles[int(element)] = (
+                self.flow_atom_cycles.get(int(element), 0) + int(count)
+            )
+        self.flows = flows
 
     # ------------------------------------------------------------------ one cycle
     def cycle(self, state: MDState, ke_mean: torch.Tensor, result: HybridResult) -> MDState:
@@ -471,6 +529,14 @@ def _save(writer, result: HybridResult, state: MDState, names, time_fs: float) -
         ):
             keep = value if isinstance(value, float) else value.detach().cpu().numpy().copy()
             result.frames[key].append(keep)
+
+
+def _atom_ke(state: MDState) -> torch.Tensor:
+    """(n_atoms,) eV: each atom's internal kinetic energy (centre-of-mass motion removed)."""
+    twice = thermo.internal_twice_kinetic_energy(
+        state.velocities, state.masses, state.system_idx, state.n_systems
+    )
+    return 0.5 * twice
 
 
 def _mark(reason: torch.Tensor, where: torch.Tensor, name: str) -> None:
@@ -570,6 +636,7 @@ def run_hybrid(
         result.corrector_seconds = hybrid.provider.seconds - seconds0
         result.network_calls = hybrid.network_calls
         result.network_seconds = hybrid.network_seconds
+        result.flows, result.flow_atom_cycles = hybrid.flows, hybrid.flow_atom_cycles
         result.wall_seconds = time.perf_counter() - start
         if writer is not None:
             if result.temperatures:
