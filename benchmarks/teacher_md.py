@@ -8,6 +8,11 @@ structure-step and the ratios.
 
     python benchmarks/teacher_md.py                        # isopropanol and aspirin, 8 replicas
     python benchmarks/teacher_md.py --smiles CCO --replicas 2 8 --steps 50
+    python benchmarks/teacher_md.py --sampling   # `mlffd sample` / the demo: runs at once
+
+``--sampling`` times reference sampling (``sample_many``: checked equilibration, then
+production, one trajectory file per run) of the given molecules, one run each, on the teacher
+thread pool against one run after another.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from tblite.ase import TBLite
 
 from mlff_distiller import units
 from mlff_distiller.data.structures import from_smiles
-from mlff_distiller.md.forces import CalculatorForces, available_cpus
+from mlff_distiller.md.forces import CalculatorForces
 from mlff_distiller.md.integrators import langevin_baoab_step, with_forces
 from mlff_distiller.md.runner import initial_state
 from mlff_distiller.teachers import get_teacher
+from mlff_distiller.teachers.parallel import available_cpus
 
 DT, T, FRICTION = 0.5, 300.0, 1.0  # fs, K, 1/ps
 
@@ -56,13 +62,38 @@ def ase_langevin(atoms, replicas: int, steps: int) -> float:
     return total / (steps * replicas)
 
 
+def sampling(smiles: list[str], rounds: int) -> None:
+    import tempfile
+
+    from mlff_distiller.teachers.sampling import SamplingConfig, sample_many
+
+    mols = [from_smiles(smi, name=f"m{i}")[0] for i, smi in enumerate(smiles)]
+    cfg = SamplingConfig(equilibration_fs=100.0, production_fs=200.0, save_every=10,
+                         max_equilibration_fs=100.0)  # fmt: skip
+    times: dict[str, list[float]] = {"pool": [], "serial": []}
+    for _ in range(rounds):
+        for label, workers in (("pool", None), ("serial", 1)):
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                sample_many(lambda a: get_teacher("xtb"), mols, tmp, cfg, workers=workers)
+                times[label].append(time.perf_counter() - start)
+    pool, serial = (float(np.median(times[k])) for k in ("pool", "serial"))
+    print(f"sampling {len(mols)} molecules (xTB, 300 fs each): pool {pool:.1f} s, one after "
+          f"another {serial:.1f} s, {serial / pool:.2f}x")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smiles", nargs="+", default=["CC(C)O", "CC(=O)Oc1ccccc1C(=O)O"])
     parser.add_argument("--replicas", type=int, nargs="+", default=[8])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sampling", action="store_true",
+                        help="time sample_many (runs at once vs one after another) instead")
     args = parser.parse_args()
+    if args.sampling:
+        sampling(args.smiles, args.rounds)
+        return
     print(f"{available_cpus()} CPUs; GFN2-xTB; {args.steps} steps; medians of {args.rounds} "
           "interleaved rounds; ms per structure-step", flush=True)  # fmt: skip
     print("| molecule | atoms | replicas | engine, pool | engine, serial | ASE Langevin + "

@@ -13,6 +13,7 @@ from mlff_distiller.data.state import MDState
 from mlff_distiller.md.forces import CalculatorForces, make_force_provider
 from mlff_distiller.teachers import get_teacher
 from mlff_distiller.teachers.base import TeacherError
+from mlff_distiller.teachers.parallel import available_cpus
 
 
 def _structures():
@@ -35,7 +36,7 @@ def _batch(structures, ids=None):
 def test_concurrent_xtb_equals_tblites_ase_calculator_structure_by_structure():
     structures = _structures()
     provider = make_force_provider("xtb", structures)
-    assert provider._pool is not None or len(__import__("os").sched_getaffinity(0)) == 1
+    assert provider._pool is not None or available_cpus() == 1
     pooled = CalculatorForces(structures, lambda a: get_teacher("xtb"), workers=3)
     serial = CalculatorForces(structures, lambda a: get_teacher("xtb"), workers=1)
     assert pooled._pool is not None and serial._pool is None
@@ -60,16 +61,16 @@ def test_concurrent_xtb_equals_tblites_ase_calculator_structure_by_structure():
 def test_worker_threads_run_openmp_on_their_share_of_the_cpus():
     from threadpoolctl import threadpool_info
 
-    from mlff_distiller.md.forces import available_cpus, structure_pool
+    from mlff_distiller.teachers.parallel import teacher_pool
 
-    pool = structure_pool(8, workers=2)
+    pool = teacher_pool(8, workers=2)
     assert pool is not None
     counts = pool.submit(
         lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"]
     ).result()
     pool.shutdown()
     assert counts and all(c == max(1, available_cpus() // 2) for c in counts)
-    assert structure_pool(1) is None  # one structure: evaluated in the calling thread
+    assert teacher_pool(1) is None  # one structure: evaluated in the calling thread
 
 
 def test_a_failing_structure_is_named_through_the_pool():

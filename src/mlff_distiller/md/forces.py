@@ -20,7 +20,6 @@ benchmark's currency). :func:`make_force_provider` builds one by name.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from ase import Atoms
 
 from mlff_distiller import keys
 from mlff_distiller.data.batch import AtomsBatch
+from mlff_distiller.teachers.parallel import teacher_pool
 
 OPENMM_TEACHERS = ("openmm-gaff2", "openmm-amber14")
 
@@ -82,46 +82,14 @@ class _PerStructure:
         }
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _limit_openmp(threads: int) -> None:
-    """Worker-thread initializer: OpenMP parallel regions started from this thread use at
-    most ``threads`` threads (OpenMP's thread count is per calling thread; the main thread,
-    and with it torch, is untouched)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(threads, user_api="openmp")
-
-
-def structure_pool(n_structures: int, workers: int | None = None) -> ThreadPoolExecutor | None:
-    """A thread pool for evaluating ``n_structures`` at once (None for one worker): ``workers``
-    threads (default: one per available CPU, at most one per structure), each running its
-    engine's OpenMP regions on ``CPUs // workers`` threads."""
-    cpus = available_cpus()
-    workers = min(n_structures, cpus) if workers is None else workers
-    if workers <= 1:
-        return None
-    return ThreadPoolExecutor(
-        workers, thread_name_prefix="mlffd-teacher", initializer=_limit_openmp,
-        initargs=(max(1, cpus // workers),),
-    )  # fmt: skip
-
-
 class CalculatorForces(_PerStructure):
     """ASE calculators, one per structure: ``make_calculator(atoms)`` builds each.
 
     Teachers whose engine runs independent instances at once (``concurrent_calls``: GFN2-xTB
     through tblite, which releases the GIL) are evaluated on a thread pool, one worker per
-    available CPU (``workers``: another count; 1: serially), each worker's OpenMP regions on
-    ``CPUs // workers`` threads: on 2 cores, 8 isopropanol replicas cost 1.24 ms per
-    structure-call against 2.44 serially with tblite's two OpenMP threads
-    (``benchmarks/md.py --only xtb``)."""
+    available CPU (``workers``: another count; 1: serially;
+    :func:`~mlff_distiller.teachers.parallel.teacher_pool`): plain xTB MD of 8 isopropanol
+    replicas 1.56x faster than the serial loop on 2 cores (``benchmarks/teacher_md.py``)."""
 
     def __init__(
         self, structures: Sequence[Atoms], make_calculator, name: str = "ase",
@@ -133,7 +101,7 @@ class CalculatorForces(_PerStructure):
         self.name = name
         concurrent = all(getattr(a.calc, "concurrent_calls", False) for a in self.structures)
         if concurrent or (workers is not None and workers > 1):
-            self._pool = structure_pool(len(self.structures), workers)
+            self._pool = teacher_pool(len(self.structures), workers)
 
     def _one(self, s: int, positions: np.ndarray) -> tuple[float, np.ndarray]:
         atoms = self.structures[s]

@@ -60,6 +60,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ from ase import Atoms
 
 from mlff_distiller import keys, thermo, units
 from mlff_distiller.teachers.base import TeacherCalculator, UnsupportedElementError
+from mlff_distiller.teachers.parallel import teacher_pool
 
 DEFAULT_DT_FS = {"mm": 2.0, "qm": 0.5, "ml": 0.5}
 STRONG_FRICTION_PER_PS = 10.0  # default equilibration friction floor
@@ -722,50 +724,85 @@ def sample_many(
     resume: bool = False,
     on_steps: Callable[[int], None] | None = None,
     on_result: Callable[[SampleResult], None] | None = None,
+    workers: int | None = None,
 ) -> list[SampleResult]:
     """Sample every molecule ``replicas`` times into ``out_dir/<name>_r<k>.h5``; replica ``k``
     uses seed ``config.seed + k``. A molecule that fails (unsupported element, SCF, force-field
     parametrization) is reported in its :class:`SampleResult` and the others go on. Each result
-    carries the target and measured temperatures its file records."""
+    carries the target and measured temperatures its file records. Results are returned in
+    (molecule, replica) order.
+
+    Teachers that can run at once (``concurrent_calls``: GFN2-xTB) sample their runs on a
+    thread pool, one teacher per run (:func:`~mlff_distiller.teachers.parallel.teacher_pool`;
+    ``workers=1``: one run after another); ``on_steps`` is then called from the worker
+    threads and ``on_result`` from this one, as runs finish. Each run has its own seed and
+    file, so its trajectory does not depend on the others."""
     from mlff_distiller.teachers.base import TeacherError
 
     cfg = config or SamplingConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for atoms in molecules:
-        name = str(
-            atoms.info.get(keys.NAME) or atoms.info.get(keys.SMILES) or atoms.get_chemical_formula()
-        )
-        teacher = None
-        for k in range(replicas):
-            path = out_dir / run_file_name(name, k)
-            try:
-                teacher = teacher or teacher_factory(atoms)
-                n = sample(
-                    teacher, atoms, path, cfg, resume=resume, seed=cfg.seed + k, on_steps=on_steps
-                )
-                temps = trajectory_temperatures(path)
-                res = SampleResult(
-                    name,
-                    k,
-                    path,
-                    True,
-                    n,
-                    target_temperature_k=temps["target_k"],
-                    measured_temperature_k=temps["measured_k"],
-                    measured_temperature_nve_k=temps["measured_nve_k"],
-                    equilibration_passed=temps["equilibration"].get("passed"),
-                    equilibration_fs=temps["equilibration"].get("time_fs"),
-                )
-            except (TeacherError, UnsupportedElementError, ValueError, RuntimeError) as err:
-                res = SampleResult(name, k, None, False, error=str(err))
-            results.append(res)
+    names = [
+        str(a.info.get(keys.NAME) or a.info.get(keys.SMILES) or a.get_chemical_formula())
+        for a in molecules
+    ]
+
+    def run(atoms: Atoms, name: str, k: int, teacher) -> SampleResult:
+        path = out_dir / run_file_name(name, k)
+        try:
+            teacher = teacher or teacher_factory(atoms)
+            n = sample(teacher, atoms, path, cfg, resume=resume, seed=cfg.seed + k,
+                       on_steps=on_steps)  # fmt: skip
+            temps = trajectory_temperatures(path)
+            return SampleResult(
+                name, k, path, True, n,
+                target_temperature_k=temps["target_k"],
+                measured_temperature_k=temps["measured_k"],
+                measured_temperature_nve_k=temps["measured_nve_k"],
+                equilibration_passed=temps["equilibration"].get("passed"),
+                equilibration_fs=temps["equilibration"].get("time_fs"),
+            )  # fmt: skip
+        except (TeacherError, UnsupportedElementError, ValueError, RuntimeError) as err:
+            return SampleResult(name, k, None, False, error=str(err))
+
+    jobs = [(atoms, name, k) for atoms, name in zip(molecules, names) for k in range(replicas)]
+    first = None
+    if jobs and workers != 1:
+        try:
+            first = teacher_factory(molecules[0])
+        except (TeacherError, UnsupportedElementError, ValueError, RuntimeError):
+            first = None  # its run reports the error
+    pool = None
+    if first is not None and getattr(first, "concurrent_calls", False):
+        pool = teacher_pool(len(jobs), workers)
+    if pool is None:  # one run after another, one teacher per molecule
+        results: list[SampleResult] = []
+        for m, (atoms, name) in enumerate(zip(molecules, names)):
+            teacher = first if m == 0 else None
+            for k in range(replicas):
+                try:
+                    teacher = teacher or teacher_factory(atoms)
+                except (TeacherError, UnsupportedElementError, ValueError, RuntimeError):
+                    teacher = None  # run() builds it again and reports the error
+                res = run(atoms, name, k, teacher)
+                results.append(res)
+                if on_result:
+                    on_result(res)
+                if not res.ok:
+                    break  # the other replicas of this molecule would fail the same way
+        return results
+    with pool:
+        futures = {
+            pool.submit(run, atoms, name, k, first if j == 0 else None): j
+            for j, (atoms, name, k) in enumerate(jobs)
+        }
+        done: dict[int, SampleResult] = {}
+        for future in as_completed(futures):
+            res = future.result()
+            done[futures[future]] = res
             if on_result:
                 on_result(res)
-            if not res.ok:
-                break  # the other replicas of this molecule would fail the same way
-    return results
+    return [done[j] for j in range(len(jobs))]
 
 
 def total_steps(config: SamplingConfig, kind: str) -> int:
