@@ -116,3 +116,18 @@ def test_kstep_cli_bad_input_is_one_clear_line(tmp_path):
     r = CliRunner().invoke(app, ["kstep", "train", str(tmp_path / "missing.h5")])
     assert r.exit_code == 1
     assert "does not exist" in " ".join(r.output.split())  # rich wraps lines
+
+
+def test_kstep_dataset_fractions_that_add_up_to_one_in_floating_point(gaff2_trajectories, tmp_path):
+    """--train-fraction 0.9 --val-fraction 0.1 leaves a test fraction of -3e-17 in floating
+    point: no test split, not an error; fractions above 1 are an error that names both."""
+    runner = CliRunner()
+    trajs = [str(p) for p in gaff2_trajectories.values()]
+    base = ["kstep", "dataset", *trajs, "--k", "4", "--stride", "4"]
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "a.h5"), "--train-fraction", "0.9",
+                            "--val-fraction", "0.1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "b.h5"), "--train-fraction", "0.9",
+                            "--val-fraction", "0.2"])  # fmt: skip
+    assert r.exit_code != 0
+    assert "--train-fraction 0.9 and --val-fraction 0.2" in " ".join(r.output.split())

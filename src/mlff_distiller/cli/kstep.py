@@ -47,6 +47,12 @@ def dataset_command(
 
     with user_errors():
         test_fraction = 1.0 - train_fraction - val_fraction
+        if test_fraction < -1e-9:
+            raise ValueError(
+                f"--train-fraction {train_fraction} and --val-fraction {val_fraction} add up to "
+                "more than 1"
+            )
+        test_fraction = max(test_fraction, 0.0)  # 0.9 + 0.1 leaves -3e-17, not an error
         mols = build_windows(
             trajectories,
             out,
