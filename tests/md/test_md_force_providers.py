@@ -80,3 +80,18 @@ def test_a_failing_structure_is_named_through_the_pool():
     batch.positions[batch.system_idx == 2] = float("nan")
     with pytest.raises(TeacherError, match="H3N"):
         pooled.energy_and_forces(batch)
+
+
+def test_one_calculator_for_several_structures_is_never_called_at_once():
+    """A factory that hands the same teacher to every structure: one tblite engine must not
+    compute two structures at once (it crashed the process), so no pool, and the energies are
+    still each structure's own."""
+    structures = _structures()[:3]
+    shared = get_teacher("xtb")
+    provider = CalculatorForces(structures, lambda a: shared)
+    assert provider._pool is None
+    out = provider.energy_and_forces(_batch(structures))
+    for s, atoms in enumerate(structures):
+        ref = atoms.copy()
+        ref.calc = TBLite(method="GFN2-xTB", verbosity=0)
+        assert abs(float(out[keys.ENERGY][s]) - ref.get_potential_energy()) < 1e-6

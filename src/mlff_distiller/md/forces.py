@@ -99,8 +99,10 @@ class CalculatorForces(_PerStructure):
         for atoms in self.structures:
             atoms.calc = make_calculator(atoms)
         self.name = name
-        concurrent = all(getattr(a.calc, "concurrent_calls", False) for a in self.structures)
-        if concurrent or (workers is not None and workers > 1):
+        calcs = [a.calc for a in self.structures]
+        concurrent = all(getattr(c, "concurrent_calls", False) for c in calcs)
+        shared = len({id(c) for c in calcs}) < len(calcs)  # one engine, two structures at once
+        if not shared and (concurrent or (workers is not None and workers > 1)):
             self._pool = teacher_pool(len(self.structures), workers)
 
     def _one(self, s: int, positions: np.ndarray) -> tuple[float, np.ndarray]:

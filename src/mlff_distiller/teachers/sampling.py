@@ -733,8 +733,10 @@ def sample_many(
     (molecule, replica) order.
 
     Teachers that can run at once (``concurrent_calls``: GFN2-xTB) sample their runs on a
-    thread pool, one teacher per run (:func:`~mlff_distiller.teachers.parallel.teacher_pool`;
-    ``workers=1``: one run after another); ``on_steps`` is then called from the worker
+    thread pool, one teacher per run, built in this thread
+    (:func:`~mlff_distiller.teachers.parallel.teacher_pool`; ``workers=1``, or a factory that
+    returns one instance for several runs: one run after another); ``on_steps`` is then called
+    from the worker
     threads and ``on_result`` from this one, as runs finish. Each run has its own seed and
     file, so its trajectory does not depend on the others."""
     from mlff_distiller.teachers.base import TeacherError
@@ -766,15 +768,10 @@ def sample_many(
             return SampleResult(name, k, None, False, error=str(err))
 
     jobs = [(atoms, name, k) for atoms, name in zip(molecules, names) for k in range(replicas)]
-    first = None
+    teachers, first = None, None
     if jobs and workers != 1:
-        try:
-            first = teacher_factory(molecules[0])
-        except (TeacherError, UnsupportedElementError, ValueError, RuntimeError):
-            first = None  # its run reports the error
-    pool = None
-    if first is not None and getattr(first, "concurrent_calls", False):
-        pool = teacher_pool(len(jobs), workers)
+        teachers, first = _run_teachers(teacher_factory, jobs)
+    pool = teacher_pool(len(jobs), workers) if teachers is not None else None
     if pool is None:  # one run after another, one teacher per molecule
         results: list[SampleResult] = []
         for m, (atoms, name) in enumerate(zip(molecules, names)):
@@ -793,8 +790,8 @@ def sample_many(
         return results
     with pool:
         futures = {
-            pool.submit(run, atoms, name, k, first if j == 0 else None): j
-            for j, (atoms, name, k) in enumerate(jobs)
+            pool.submit(run, atoms, name, k, teacher): j
+            for j, ((atoms, name, k), teacher) in enumerate(zip(jobs, teachers))
         }
         done: dict[int, SampleResult] = {}
         for future in as_completed(futures):
@@ -803,6 +800,31 @@ def sample_many(
             if on_result:
                 on_result(res)
     return [done[j] for j in range(len(jobs))]
+
+
+def _run_teachers(teacher_factory, jobs) -> tuple[list | None, Any]:
+    """``(one teacher per run or None, the first run's teacher)``. The teachers are built here
+    in the calling thread (None for a run whose teacher fails to build: the run reports the
+    error). No list when the first teacher cannot run concurrently (then it is the only one
+    built, for the serial path to use) or when the factory hands one instance to two runs
+    (one engine must never compute two structures at once)."""
+    from mlff_distiller.teachers.base import TeacherError
+
+    def build(atoms):
+        try:
+            return teacher_factory(atoms)
+        except (TeacherError, UnsupportedElementError, ValueError, RuntimeError):
+            return None
+
+    first = build(jobs[0][0])
+    if first is None or not getattr(first, "concurrent_calls", False):
+        return None, first
+    teachers = [first, *(build(atoms) for atoms, _, _ in jobs[1:])]
+    built = [t for t in teachers if t is not None]
+    concurrent = all(getattr(t, "concurrent_calls", False) for t in built)
+    if not concurrent or len({id(t) for t in built}) < len(built):
+        return None, first
+    return teachers, first
 
 
 def total_steps(config: SamplingConfig, kind: str) -> int:
