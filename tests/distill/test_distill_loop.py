@@ -19,10 +19,12 @@ from mlff_distiller.data.hdf5 import Dataset
 from mlff_distiller.distill.config import DistillConfig
 from mlff_distiller.distill.loop import label_files, run_distill, teacher_calls
 
+# The training time limits are far above what 60 epochs take (3-6 s): members stop at
+# max_epochs, so the committees, and the tests on them, do not depend on the machine's load
 TINY = dict(
     smiles=["CCO"], teacher="xtb", budget=40, seed_frames=16, temperatures_k=[300.0, 800.0],
     replicas=1, md_fs=100.0, save_every=5, max_uncertainty=0.02, frames_per_iteration=8,
-    max_iterations=2, members=2, size="fast", first_train_minutes=0.15, train_minutes=0.08,
+    max_iterations=2, members=2, size="fast", first_train_minutes=1.0, train_minutes=1.0,
     max_epochs=60, holdout_fs=50.0, seed=3, explore_bias_kt=100.0,
 )
 
