@@ -736,9 +736,8 @@ def sample_many(
     thread pool, one teacher per run, built in this thread
     (:func:`~mlff_distiller.teachers.parallel.teacher_pool`; ``workers=1``, or a factory that
     returns one instance for several runs: one run after another); ``on_steps`` is then called
-    from the worker
-    threads and ``on_result`` from this one, as runs finish. Each run has its own seed and
-    file, so its trajectory does not depend on the others."""
+    from the worker threads and ``on_result`` from this one, as runs finish. Each run has its
+    own seed and file, so its trajectory does not depend on the others."""
     from mlff_distiller.teachers.base import TeacherError
 
     cfg = config or SamplingConfig()
