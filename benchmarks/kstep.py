@@ -50,6 +50,7 @@ from mlff_distiller.training.kstep_trainer import KStepTrainConfig, train_kstep
 KS = (4, 8, 12)
 DT = 0.5  # fs, no constraints (the corrector step is unconstrained)
 FRICTION = 1.0  # ps^-1, the same in the reference sampling, the reference runs and the hybrid
+THREADS = 1  # torch threads, as `mlffd kstep run` (more make the xTB pool wait on spinning ones)
 
 
 def sample_all(molecules: dict, teacher: str, out_dir: Path, cfg: SamplingConfig) -> dict:
@@ -129,7 +130,7 @@ def evaluate_molecule(network, teacher, name, smiles, path, args, rows) -> None:
         return make_force_provider(teacher, [atoms] * n)
 
     def run(net, k, ensemble, n, seed, **options):
-        cfg = HybridConfig(k=k, dt_fs=DT, ensemble=ensemble, friction_per_ps=FRICTION,
+        cfg = HybridConfig(k=k, dt_fs=DT, ensemble=ensemble, friction_per_ps=args.friction,
                            seed=seed, save_every=1, **options)  # fmt: skip
         structures = [atoms.copy() for _ in range(n)]
         steps = cycles_of.get(k, int(fs / DT)) if k else int(fs / DT)
@@ -137,13 +138,14 @@ def evaluate_molecule(network, teacher, name, smiles, path, args, rows) -> None:
                           keep_frames=True)  # fmt: skip
 
     refs = {}
-    for ensemble in ("nvt", "nve"):
+    for ensemble in ("nvt", "nve") if args.nve else ("nvt",):
         t0 = time.perf_counter()
         refs[ensemble] = run(NoJump(), 0, ensemble, 2 * replicas, 1000, rescale=False,
                              energy_tol_per_atom=None)  # fmt: skip
         print(f"  {teacher} {name} reference {ensemble}: {time.perf_counter() - t0:.0f} s",
               flush=True)  # fmt: skip
-    plans = [(k, "nvt", True) for k in KS] + [(8, "nve", True), (8, "nve", False)]
+    plans = [(k, "nvt", True) for k in args.k or KS]
+    plans += [(8, "nve", True), (8, "nve", False)] if args.nve else []
     for k, ensemble, rescale in plans:
         t0 = time.perf_counter()
         hyb = run(network, k, ensemble, replicas, 0, rescale=rescale)
@@ -229,7 +231,15 @@ def main() -> None:
     parser.add_argument("--mm-fs", type=float, default=2000.0, help="simulated time per run")
     parser.add_argument("--xtb-fs", type=float, default=1000.0)
     parser.add_argument("--discard-fs", type=float, default=300.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="torch threads (1: the default of `mlffd kstep run`; with 2 the "
+                        "network's idle OpenMP threads spin and slow the xTB pool 1.3x)")
+    parser.add_argument("--friction", type=float, default=FRICTION,
+                        help="of the reference and hybrid runs, 1/ps (the sampling keeps 1)")
+    parser.add_argument("--k", type=int, action="append", default=[],
+                        help="only these k (repeat; default: 4, 8, 12)")
+    parser.add_argument("--no-nve", dest="nve", action="store_false",
+                        help="skip the NVE runs (reference and hybrid)")
     parser.add_argument("--only", choices=("mm", "xtb", "both"), default="both")
     parser.add_argument("--molecule", action="append", default=[],
                         help="only these held-out molecules (repeat; default: all)")

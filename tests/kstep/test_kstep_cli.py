@@ -90,7 +90,7 @@ def test_kstep_train_fine_tunes_the_shipped_network(gaff2_trajectories, tmp_path
 
 def test_the_default_run_mode_is_one_the_benchmark_measures():
     """``mlffd kstep run``'s defaults (HybridConfig's) are a row of benchmarks/kstep.py: NVT,
-    k = 8, the benchmark's time step and friction."""
+    k = 8, the benchmark's time step, friction and torch threads."""
     import importlib.util
     import inspect
     from pathlib import Path
@@ -109,6 +109,7 @@ def test_the_default_run_mode_is_one_the_benchmark_measures():
     assert defaults["dt"] == config.dt_fs == bench.DT
     assert defaults["friction"] == config.friction_per_ps == bench.FRICTION
     assert defaults["energy_tol"] == config.energy_tol_per_atom
+    assert defaults["threads"] == bench.THREADS  # the wall clock it reports is the CLI's
     assert config.k in bench.KS
 
 
