@@ -1,8 +1,10 @@
 """Teacher speed: ms per energy+forces call on aspirin (21 atoms) and a ~50-atom molecule,
-our xTB teacher (tblite's API) against tblite's own ASE calculator, and Ray labelling throughput
-against serial labelling (ratio), measured side by side.
+our xTB teacher (tblite's API) against tblite's own ASE calculator, OpenMM's platforms by system
+size (the teachers' default picks the faster one), and Ray labelling throughput against serial
+labelling (ratio), measured side by side.
 
     OMP_NUM_THREADS=1 python benchmarks/teachers.py [--quick] [--workers 2] [--only-xtb]
+    python benchmarks/teachers.py --only-openmm
 """
 
 from __future__ import annotations
@@ -102,6 +104,49 @@ def bench_xtb_paths(repeats: int) -> None:
         print(f"{name:<20}{len(atoms):>6}{a:>16.2f}{b:>15.2f}{b / a:>7.2f}x")
 
 
+def bench_openmm_platforms(repeats: int) -> None:
+    """GAFF2 (Gasteiger charges, no cutoff) by system size: ms per energy+forces call (an MD
+    loop's single points) and per step of OpenMM's own Langevin integrator, on the CPU platform
+    (its default threads, and one), on the Reference platform, and what the teachers' default
+    (``platform=None``) picks. Interleaved rounds, medians."""
+    import openmm
+
+    from mlff_distiller.teachers import get_teacher
+    from mlff_distiller.teachers.openmm_base import REFERENCE_MAX_PARTICLES
+
+    def one(smiles, atoms, platform, threads):
+        options = {"threads": threads} if threads else {}
+        teacher = get_teacher("openmm-gaff2", smiles=smiles, charge_method="gas",
+                              platform=platform, **options)  # fmt: skip
+        integrator = openmm.LangevinMiddleIntegrator(300, 1.0, 0.0005)
+        context = teacher.create_context(atoms, integrator)[0]
+        calls = []
+        for i in range(repeats):
+            context.setPositions((atoms.positions + 0.001 * (i % 5)) / 10.0)
+            t0 = time.perf_counter()
+            context.getState(getEnergy=True, getForces=True)
+            calls.append(time.perf_counter() - t0)
+        context.setVelocitiesToTemperature(300)
+        t0 = time.perf_counter()
+        integrator.step(repeats)
+        return 1e3 * float(np.median(calls)), 1e3 * (time.perf_counter() - t0) / repeats
+
+    paths = (("CPU", None), ("CPU", 1), ("Reference", None))
+    print(f"\nOpenMM GAFF2 by size: ms per energy+forces call / per Langevin step "
+          f"(default: Reference up to {REFERENCE_MAX_PARTICLES} particles)")
+    print(f"{'atoms':>6}{'CPU':>16}{'CPU, 1 thread':>16}{'Reference':>16}{'default':>11}")
+    for smiles in ("CC(C)O", ASPIRIN, FIFTY, "C" * 33, "C" * 66, "C" * 130):
+        atoms = _molecule(smiles, "m")
+        runs = {path: [] for path in paths}
+        for _ in range(3):
+            for path in paths:
+                runs[path].append(one(smiles, atoms, *path))
+        cells = [np.median(np.asarray(r), axis=0) for r in runs.values()]
+        default = "Reference" if len(atoms) <= REFERENCE_MAX_PARTICLES else "CPU"
+        print(f"{len(atoms):>6}" + "".join(f"{c:>8.3f} /{s:>6.3f}" for c, s in cells)
+              + f"{default:>11}")
+
+
 def bench_labelling(workers: int, n: int, teacher: str) -> None:
     from mlff_distiller.data.hdf5 import DatasetWriter
     from mlff_distiller.teachers.labelling import label_dataset
@@ -143,7 +188,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=400)
     parser.add_argument("--label-teacher", default="xtb")
     parser.add_argument("--only-xtb", action="store_true", help="only the two xTB paths")
+    parser.add_argument("--only-openmm", action="store_true", help="only OpenMM's platforms")
     args = parser.parse_args()
+    if args.only_openmm:
+        bench_openmm_platforms(50 if args.quick else 200)
+        return
     bench_xtb_paths(10 if args.quick else 40)
     if args.only_xtb:
         return

@@ -15,17 +15,29 @@ from ase import Atoms
 from mlff_distiller import keys, units
 from mlff_distiller.teachers.base import TeacherCalculator, TeacherError, TeacherInfo
 
+# Up to this many particles the Reference platform is the faster one: it computes in the
+# calling thread, where the CPU platform hands every force evaluation to its worker threads and
+# waits for them. Measured (GAFF2, no cutoff, one energy+force call / one Langevin step, 2-core
+# VM): 12 atoms 0.004 ms against 0.38 ms (CPU platform, 2 threads), 21 atoms 0.011 / 0.37,
+# 101 atoms 0.07 / 0.41, 200 atoms 0.23 / 0.46, 392 atoms 0.81 / 0.70 (``benchmarks/teachers.py
+# --only-openmm``).
+REFERENCE_MAX_PARTICLES = 300
 
-def openmm_platform(name: str | None = None, threads: int | None = None):
-    """The named OpenMM platform (``CPU`` by default, ``Reference`` as fall-back) and its
-    properties dict."""
+
+def openmm_platform(
+    name: str | None = None, threads: int | None = None, n_particles: int | None = None
+):
+    """The OpenMM platform ``name`` and its properties dict. ``name=None`` picks the faster one
+    for a system of ``n_particles``: ``Reference`` up to :data:`REFERENCE_MAX_PARTICLES`, else
+    ``CPU`` (``Reference`` where CPU is missing). ``threads``: the CPU platform's threads."""
     import openmm
 
     names = [
         openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())
     ]
     if name is None:
-        name = "CPU" if "CPU" in names else "Reference"
+        small = n_particles is not None and n_particles <= REFERENCE_MAX_PARTICLES
+        name = "CPU" if "CPU" in names and not small else "Reference"
     if name not in names:
         raise ValueError(f"OpenMM platform '{name}' is not available here; available: {names}")
     props: dict[str, str] = {}
@@ -117,7 +129,9 @@ class OpenMMTeacher(TeacherCalculator):
         key = self.molecule_key(atoms)
         if key not in self._contexts:
             _, system = self.build_system(atoms, constraints=None)
-            platform, props = openmm_platform(self.platform_name, self.threads)
+            platform, props = openmm_platform(
+                self.platform_name, self.threads, system.getNumParticles()
+            )
             integrator = openmm.VerletIntegrator(0.001)  # never stepped
             self._contexts[key] = openmm.Context(system, integrator, platform, props)
         return self._contexts[key]
@@ -131,7 +145,9 @@ class OpenMMTeacher(TeacherCalculator):
         import openmm
 
         _, system = self.build_system(atoms, constraints=constraints)
-        platform, props = openmm_platform(self.platform_name, self.threads)
+        platform, props = openmm_platform(
+            self.platform_name, self.threads, system.getNumParticles()
+        )
         context = openmm.Context(system, integrator, platform, props)
         context.setPositions(positions_to_openmm(atoms.positions))
         return context, system
