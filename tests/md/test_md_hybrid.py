@@ -425,3 +425,34 @@ def test_kinetic_energy_flows_add_up_and_point_at_the_heated_element(ethanol):
             assert all(table["jump"]["H"] > 10 * abs(table["jump"][s]) for s in ("C", "O"))
             assert all(table["restoring"][s] < 0 for s in ("H", "C", "O"))
             assert table["thermostat"] == {"H": 0.0, "C": 0.0, "O": 0.0}
+
+
+def test_compiled_jump_network_follows_the_eager_trajectory(ethanol, gaff, monkeypatch):
+    """``HybridConfig.compile``: the shipped network through ``torch.compile`` (from the second
+    jump on) gives the eager run's trajectory to float32 rounding; the default (None) compiles
+    only from COMPILE_MIN_CYCLES on and never with MLFFD_COMPILE=0 or for the zero jump."""
+    from mlff_distiller.kstep.pretrained import pretrained_path
+    from mlff_distiller.md import hybrid
+    from mlff_distiller.md.hybrid import COMPILE_MIN_CYCLES, NoJump
+    from mlff_distiller.models.fast_path import find_cxx_compiler
+    from mlff_distiller.models.io import load_model
+
+    if find_cxx_compiler() is None:
+        pytest.skip("no C++ compiler for inductor")
+    net = load_model(pretrained_path("openmm-gaff2"))
+    runs = {}
+    for compiled in (False, True):
+        cfg = HybridConfig(compile=compiled, seed=4)
+        provider = make_force_provider("openmm-gaff2", [ethanol] * 2)
+        runs[compiled] = run_hybrid(net, provider, [ethanol.copy()] * 2, cfg, 12, progress=False)
+    assert runs[True].cycles == runs[False].cycles == 12
+    moved = (runs[False].state.positions - torch.as_tensor(np.tile(ethanol.positions, (2, 1))))
+    assert float(moved.abs().max()) > 0.05  # the runs went somewhere
+    diff = (runs[True].state.positions - runs[False].state.positions).abs().max()
+    assert float(diff) < 1e-4
+    wanted = hybrid._compile_wanted
+    monkeypatch.delenv("MLFFD_COMPILE", raising=False)  # the suite sets it to 0
+    assert not wanted(None, COMPILE_MIN_CYCLES - 1, net) and wanted(None, COMPILE_MIN_CYCLES, net)
+    assert not wanted(False, 10**6, net) and wanted(True, 1, net) and not wanted(True, 1, NoJump())
+    monkeypatch.setenv("MLFFD_COMPILE", "0")
+    assert not wanted(None, 10**6, net) and wanted(True, 1, net)

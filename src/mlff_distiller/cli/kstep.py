@@ -204,6 +204,11 @@ def run_command(
     ),
     seed: int = typer.Option(0),
     threads: int = typer.Option(1, help="torch threads (1 is fastest for small molecules)"),
+    compile_network: bool = typer.Option(
+        None, "--compile/--no-compile",
+        help="torch.compile the jump network (default: from 15,000 cycles on, where its 7-25 s "
+        "of compilation pay: 1.5 against 3.3 ms per cycle for 8 small molecules)",
+    ),
     overwrite: bool = typer.Option(False, help="replace an existing --out file"),
     flows: bool = typer.Option(
         False, help="print each element's kinetic-energy change per stage of the cycle "
@@ -245,7 +250,7 @@ def run_command(
             k=k, dt_fs=dt, ensemble=ensemble, temperature_k=temperature,
             friction_per_ps=friction, rescale=rescale, fallback=fallback,
             max_attempts=max_attempts, energy_tol_per_atom=energy_tol if energy_tol > 0 else None,
-            save_every=save_every, seed=seed, record_flows=flows,
+            save_every=save_every, seed=seed, record_flows=flows, compile=compile_network,
         )  # fmt: skip
         if ensemble == "nvt" and friction > 2.0:
             console.print(f"[yellow]friction {friction}/ps: above 2/ps a thermostat hides a "

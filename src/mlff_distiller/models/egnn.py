@@ -181,7 +181,8 @@ class EGNNJump(nn.Module):
     def initial_scalars(self, inp: KStepInput) -> torch.Tensor:
         """(n_atoms, hidden) from one-hot elements and invariant inputs."""
         idx = self.element_index[inp.atomic_numbers]
-        if bool((idx < 0).any()):
+        # checked eagerly (the hybrid's first jump is eager), not inside a compiled graph
+        if not torch.compiler.is_compiling() and bool((idx < 0).any()):
             bad = sorted(set(inp.atomic_numbers[idx < 0].tolist()))
             raise ValueError(
                 f"element(s) {bad} are not in this k-step model's elements "
