@@ -72,9 +72,10 @@ from mlff_distiller.models.kstep_common import DELTA_POSITIONS, DELTA_VELOCITIES
 
 REASONS = ("nan", "bond", "kinetic_energy", "potential_energy", "energy", "rescale")
 # From this many cycles on the jump network is compiled by default (HybridConfig.compile=None):
-# 8 isopropanols, one thread, 1.5 ms per cycle compiled against 3.3 eager, 25 s to compile in a
-# fresh process (7 s with inductor's disk cache warm): it pays from about 14,000 cycles.
-COMPILE_MIN_CYCLES = 15_000
+# 8 ethyl acetates under GAFF2, one thread, 2.2 ms per jump compiled against 4.0 eager; the
+# compilations (the full batch, then the subsets of retries: dynamic shapes, and size 1) take
+# 40 s with inductor's disk cache cold, 12 s warm: it pays from 22,000 (cold) or 6,700 cycles.
+COMPILE_MIN_CYCLES = 20_000
 FALLBACK_WARNING = 0.02  # of structure-cycles (HybridResult.warnings)
 REJECTION_WARNING = 0.20
 _OK = -1
