@@ -18,9 +18,9 @@ from mlff_distiller.teachers.base import TeacherCalculator, TeacherError, Teache
 # Up to this many particles the Reference platform is the faster one: it computes in the
 # calling thread, where the CPU platform hands every force evaluation to its worker threads and
 # waits for them. Measured (GAFF2, no cutoff, one energy+force call / one Langevin step, 2-core
-# VM): 12 atoms 0.004 ms against 0.38 ms (CPU platform, 2 threads), 21 atoms 0.011 / 0.37,
-# 101 atoms 0.07 / 0.41, 200 atoms 0.23 / 0.46, 392 atoms 0.81 / 0.70 (``benchmarks/teachers.py
-# --only-openmm``).
+# VM): 12 atoms 0.004 ms against 0.32 ms (CPU platform, 2 threads), 21 atoms 0.007 / 0.32,
+# 101 atoms 0.07 / 0.45, 200 atoms 0.23 / 0.50, 392 atoms 0.81 / 0.65 (``benchmarks/teachers.py
+# --only-openmm``, README).
 REFERENCE_MAX_PARTICLES = 300
 
 
