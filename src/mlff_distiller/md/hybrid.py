@@ -561,16 +561,16 @@ def _systems_all(atom_ok: torch.Tensor, system_idx: torch.Tensor, n_sys: int) ->
 
 def _compile_wanted(requested: bool | None, cycles: int, network: torch.nn.Module) -> bool:
     """Compile the jump network? ``requested`` True / False, or None: from
-    :data:`COMPILE_MIN_CYCLES` on, unless ``MLFFD_COMPILE=0`` or no C++ compiler is found."""
-    from mlff_distiller.models.fast_path import compile_disabled_by_env, find_cxx_compiler
+    :data:`COMPILE_MIN_CYCLES` on; either way not where
+    :func:`~mlff_distiller.models.fast_path.compiler_usable` says no."""
+    from mlff_distiller.models.fast_path import compiler_usable
 
     if isinstance(network, NoJump) or requested is False:
         return False
-    if find_cxx_compiler() is None:
-        if requested:
-            raise RuntimeError("compiling the jump network needs a C++ compiler (g++ or clang++)")
+    if requested is None and cycles < COMPILE_MIN_CYCLES:
         return False
-    return bool(requested) or (cycles >= COMPILE_MIN_CYCLES and not compile_disabled_by_env())
+    device = next(iter(network.parameters()), torch.empty(0)).device
+    return compiler_usable(requested, device, "the eager jump network, about 2x slower")
 
 
 def run_hybrid(

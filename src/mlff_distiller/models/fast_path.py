@@ -81,13 +81,17 @@ def resolve_compile(requested: bool | None, method: str, device: torch.device | 
         if requested:
             raise ValueError(f"compiled forces need forces='analytical', got {method!r}")
         return False
+    return compiler_usable(requested, device, "the eager analytical forces, about 2x slower")
+
+
+def compiler_usable(requested: bool | None, device: torch.device | str, eager: str) -> bool:
+    """``torch.compile`` for a ``requested`` (True) or default (None) compile: not with
+    ``MLFFD_COMPILE=0`` for the default, nor on a CPU without a C++ compiler (then a notice that
+    ``eager`` runs instead)."""
     if requested is None and compile_disabled_by_env():
         return False
     if torch.device(device).type == "cpu" and find_cxx_compiler() is None:
-        notice(
-            "no C++ compiler found (set CXX or install g++): running the eager analytical "
-            "forces, about 2x slower than compiled"
-        )
+        notice(f"no C++ compiler found (set CXX or install g++): running {eager}")
         return False
     return True
 
