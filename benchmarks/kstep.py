@@ -261,6 +261,10 @@ def main() -> None:
     parser.add_argument("--networks", choices=("pretrained", "train"), default="pretrained",
                         help="the networks shipped in the package (samples only the held-out "
                         "molecules), or train them as they were trained (samples all)")
+    parser.add_argument("--mm-network", type=Path, default=None,
+                        help="a jump network folder to measure instead of the GAFF2 one")
+    parser.add_argument("--xtb-network", type=Path, default=None,
+                        help="a jump network folder to measure instead of the xTB one")
     parser.add_argument("--network-dtype", choices=("float32", "float64"), default="float32",
                         help="of the jump network (the CLI's default: float32)")
     args = parser.parse_args()
@@ -296,6 +300,10 @@ def main() -> None:
         mm_net, qm_net = train_networks(work, train_mm, train_qm, quick,
                                         1 if quick else args.epochs, args.energy_weight,
                                         args.frame_steps)  # fmt: skip
+    if args.mm_network is not None:
+        mm_net = load_model(args.mm_network)
+    if args.xtb_network is not None:
+        qm_net = load_model(args.xtb_network)
     # float32 networks are what `mlffd kstep run` loads; the MD state stays float64
     net_dtype = {"float32": torch.float32, "float64": torch.float64}[args.network_dtype]
     mm_net, qm_net = mm_net.to(net_dtype), qm_net.to(net_dtype)

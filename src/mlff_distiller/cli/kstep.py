@@ -1,4 +1,4 @@
-"""``mlffd kstep dataset | train | run``: learned k-step jumps with a physics corrector."""
+"""``mlffd kstep dataset | train | refine | run``: learned k-step jumps with a physics corrector."""
 
 from __future__ import annotations
 
@@ -168,6 +168,45 @@ def train_command(
         f"epochs {result.epochs_done}: train loss {last['train_loss']:.4g}, best monitored "
         f"loss {result.best_val_loss:.4g}; model in {result.best_model}"
     )
+
+
+@kstep_app.command("refine")
+def refine_command(
+    model: str = typer.Argument(
+        "pretrained:xtb", help="k-step model folder, or pretrained:CORRECTOR for a shipped one"
+    ),
+    smiles: list[str] = typer.Option(..., "--smiles", help="molecule(s) to refine on; repeat"),
+    corrector: str = typer.Option("xtb", help="the corrector the hybrid will run with"),
+    out: Path = typer.Option(Path("runs/kstep_refine"), "--out", help="output directory"),
+    rounds: int = typer.Option(1, help="DAgger rounds (each aggregates the earlier windows)"),
+    replicas: int = typer.Option(8, help="replicas of plain MD and of the hybrid per molecule"),
+    cycles: int = typer.Option(240, help="hybrid cycles per molecule and round"),
+    every: int = typer.Option(5, help="cycles between labelled states"),
+    k: int = typer.Option(8, help="k of the hybrid runs that visit the states"),
+    dt: float = typer.Option(0.5, help="MD time step, fs"),
+    temperature: float = typer.Option(300.0, help="K"),
+    epochs: int = typer.Option(2),
+    lr: float = typer.Option(5e-4),
+    threads: int = typer.Option(1, help="torch threads"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fine-tune a jump network on the states its own hybrid visits (DAgger), labelled with the
+    corrector's exact flow: half plain-MD, half hybrid states per molecule. Measured on the
+    held-out molecules (README): 2-3x lower raw jump energy error; under xTB it removed the
+    fallbacks of methoxyethanol. Prints the refined model's folder (for `mlffd kstep run`)."""
+    import torch
+
+    from mlff_distiller.kstep.onpolicy import RefineConfig, refine
+
+    torch.set_num_threads(threads)
+    with user_errors():
+        config = RefineConfig(
+            corrector=corrector, rounds=rounds, replicas=replicas, cycles=cycles, every=every,
+            k=k, dt_fs=dt, temperature_k=temperature, epochs=epochs, lr=lr, seed=seed,
+        )  # fmt: skip
+        molecules = {f"molecule_{i}": s for i, s in enumerate(smiles)}
+        best = refine(_model_folder(model), molecules, out, config)
+    console.print(f"refined jump network: {best} (mlffd kstep run {best} --corrector {corrector})")
 
 
 @kstep_app.command("run")
