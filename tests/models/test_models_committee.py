@@ -227,7 +227,9 @@ def test_compiled_vectorised_path_matches_eager(shared):
     committee = make_committee(shared)
     committee.vectorized = True
     compiled = copy.deepcopy(committee).compile_forces(True)
-    for molecules in ((ETHANOL, WATER), (WATER,)):  # a second size reuses the dynamic graph
+    # a second size reuses the dynamic graph; one structure alone compiles its own graph (its
+    # energy sum is a plain sum: inductor 2.13 failed on the vmapped scatter into one slot)
+    for molecules in ((ETHANOL, WATER), (WATER,)):
         batch = batch_of(*molecules)
         eager = committee.energy_and_forces(batch)
         out = compiled.energy_and_forces(batch)

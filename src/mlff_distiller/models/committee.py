@@ -117,7 +117,12 @@ def _analytic(model: PaiNN, batch: AtomsBatch, edges, stress: bool):
     z, pos = batch.atomic_numbers, batch.positions
     atom_energy = model.readout_out(silu(keep.readout_pre)).squeeze(-1) * model.scale
     atom_energy = atom_energy + model.shift + model.reference_energies.to(pos.dtype)[z]
-    energy = atom_energy.new_zeros(batch.n_systems).index_add(0, batch.system_idx, atom_energy)
+    if batch.n_systems == 1:  # inductor 2.13 fails to generate the vmapped scatter into 1 slot
+        energy = atom_energy.sum(0, keepdim=True)
+    else:
+        energy = atom_energy.new_zeros(batch.n_systems).index_add(
+            0, batch.system_idx, atom_energy
+        )
     return (energy, forces) if virial is None else (energy, forces, virial)
 
 
